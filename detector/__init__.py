@@ -1,0 +1,24 @@
+"""detector: anchor-free YOLOv8/GFL-style object detection, trained from the command line.
+
+Public entry points: ``build_model`` and ``load_checkpoint``; see DESIGN notes in README.md.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16):
+    """A YOLOv8-layout detector of the given scale (n/s/m/l/x); see ``detector.models``."""
+    from detector.models.detector import build_model as _build
+
+    return _build(scale=scale, num_classes=num_classes, reg_max=reg_max)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """(Detector, config dict) from a checkpoint written by the trainer."""
+    from detector.engine.checkpoint import load_checkpoint as _load
+
+    return _load(path, map_location=map_location)
+
+
+__all__ = ["build_model", "load_checkpoint", "__version__"]
