@@ -1,0 +1,91 @@
+"""Wiring: the one place that turns a Hydra config into components.
+
+Components are plain classes with explicit keyword arguments; this module reads the config and
+calls them, so that no class ever sees a config object.
+"""
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, DistributedSampler
+
+from detector.data.collate import collate_detection
+from detector.data.pipeline import TrainDataset
+from detector.data.transforms import Letterbox
+from detector.losses.criterion import DetectionCriterion
+
+log = logging.getLogger("detector")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present (this process's local rank under torchrun), else CPU."""
+    from detector.engine.dist import local_rank
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} was asked for but CUDA is not available; use device=cpu or device=auto")
+        if name == "cuda":
+            name = f"cuda:{local_rank()}"
+        torch.cuda.set_device(torch.device(name))
+    elif name != "cpu":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(cfg: DictConfig, num_classes: int):
+    return instantiate(cfg.model, num_classes=num_classes)
+
+
+def build_criterion(cfg: DictConfig, num_classes: int) -> DetectionCriterion:
+    dfl_loss = instantiate(cfg.dfl_loss) if cfg.get("dfl_loss") else None
+    return DetectionCriterion(
+        assigner=instantiate(cfg.assigner, num_classes=num_classes),
+        cls_loss=instantiate(cfg.loss_cls),
+        box_loss=instantiate(cfg.loss_box),
+        dfl_loss=dfl_loss,
+    )
+
+
+def build_train_set(cfg: DictConfig, dataset) -> TrainDataset:
+    return TrainDataset(dataset, imgsz=cfg.imgsz, seed=cfg.seed, **cfg.augment)
+
+
+def build_train_loader(cfg: DictConfig, train_set, *, epoch: int, rank: int, world_size: int) -> DataLoader:
+    """A fresh loader per epoch: the sampler order and the worker seeds derive from (seed, epoch)
+    alone, which is what makes a resumed run see the same batches as an uninterrupted one."""
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    return DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+        collate_fn=collate_detection, pin_memory=torch.cuda.is_available(), drop_last=False,
+        generator=generator, persistent_workers=False,
+    )
+
+
+def build_val_loader(cfg: DictConfig, dataset) -> DataLoader:
+    dataset.transforms = Letterbox(cfg.imgsz)
+    return DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
+                      collate_fn=collate_detection, pin_memory=torch.cuda.is_available())
+
+
+def accumulation_steps(nbs: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimiser step so that an update sees about ``nbs`` images."""
+    return max(round(nbs / (batch_size * world_size)), 1)

@@ -1,0 +1,104 @@
+"""Optimiser parameter groups, learning-rate schedules and the YOLOv8 warmup.
+
+The schedule is a pure function of (epoch, iteration): nothing to save or restore on resume,
+and a resumed run sees exactly the learning rates of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from torch import nn
+from torch.optim import Optimizer
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Three groups, as YOLOv8: [0] conv/linear weights (decayed), [1] normalisation weights
+    (no decay), [2] biases (no decay; warmup starts their lr high)."""
+    decay, norm, bias = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if name == "bias":
+                bias.append(param)
+            elif isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                norm.append(param)
+            else:
+                decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
+        {"params": norm, "weight_decay": 0.0, "name": "norm"},
+        {"params": bias, "weight_decay": 0.0, "name": "bias"},
+    ]
+
+
+def build_optimizer(factory: Callable[..., Optimizer], model: nn.Module, weight_decay: float) -> Optimizer:
+    """``factory`` is the partially applied optimiser class from the ``optim`` config option."""
+    optimizer = factory(param_groups(model, weight_decay))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+        group["initial_momentum"] = _momentum(group)
+    return optimizer
+
+
+class LinearSchedule:
+    """lr factor falling linearly from 1 at progress 0 to ``lrf`` at progress 1."""
+
+    def __init__(self, *, lrf: float = 0.01):
+        self.lrf = lrf
+
+    def __call__(self, progress: float) -> float:
+        return (1 - progress) * (1.0 - self.lrf) + self.lrf
+
+
+class CosineSchedule:
+    """lr factor following half a cosine from 1 to ``lrf``."""
+
+    def __init__(self, *, lrf: float = 0.01):
+        self.lrf = lrf
+
+    def __call__(self, progress: float) -> float:
+        return ((1 - math.cos(progress * math.pi)) / 2) * (self.lrf - 1) + 1
+
+
+def _momentum(group: dict) -> float:
+    return group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+
+
+def _set_momentum(group: dict, value: float) -> None:
+    if "betas" in group:
+        group["betas"] = (value, group["betas"][1])
+    elif "momentum" in group:
+        group["momentum"] = value
+
+
+def apply_schedule(
+    optimizer: Optimizer,
+    schedule: Callable[[float], float],
+    *,
+    epoch: int,
+    iteration: int,
+    epochs: int,
+    warmup_iters: int,
+    warmup_bias_lr: float,
+    warmup_momentum: float,
+) -> None:
+    """Set every group's lr (and momentum during warmup) for global ``iteration`` in ``epoch``.
+
+    After warmup: lr = initial_lr * schedule(epoch / epochs), stepped per epoch as YOLOv8.
+    During warmup: lr rises linearly from 0 (the bias group falls from ``warmup_bias_lr``) to
+    that value, and momentum rises from ``warmup_momentum`` to the optimiser's own.
+    """
+    factor = schedule(epoch / max(epochs, 1))
+    for index, group in enumerate(optimizer.param_groups):
+        target = group["initial_lr"] * factor
+        if iteration < warmup_iters:
+            start = warmup_bias_lr if group.get("name") == "bias" or index == 2 else 0.0
+            group["lr"] = float(np.interp(iteration, [0, warmup_iters], [start, target]))
+            _set_momentum(group, float(np.interp(iteration, [0, warmup_iters],
+                                                 [warmup_momentum, group["initial_momentum"]])))
+        else:
+            group["lr"] = target
+            _set_momentum(group, group["initial_momentum"])
