@@ -97,6 +97,11 @@ def make_anchors(
         anchor_points [A, 2] (x, y) px with A = sum_l H_l * W_l, level-major then row-major,
         and the stride of each anchor [A].
     """
+    if len(feature_sizes) != len(strides):
+        raise ValueError(
+            f"make_anchors: one stride per feature map is needed, got {len(feature_sizes)} "
+            f"feature sizes and {len(strides)} strides"
+        )
     points, anchor_strides = [], []
     for (h, w), stride in zip(feature_sizes, strides):
         xs = (torch.arange(w, device=device, dtype=dtype) + offset) * stride
@@ -135,7 +140,9 @@ def distribution_to_distance(box_dist: Tensor) -> Tensor:
     if reg_max == 1:
         return torch.nn.functional.softplus(box_dist[..., 0])
     bins = torch.arange(reg_max, device=box_dist.device, dtype=box_dist.dtype)
-    return box_dist.softmax(dim=-1) @ bins
+    # An elementwise product rather than a matmul: autocast runs matmuls in fp16/bf16, which would
+    # round a float32 expectation to ~0.03 stride units (about a pixel at stride 32).
+    return (box_dist.softmax(dim=-1) * bins).sum(dim=-1)
 
 
 def decode_boxes(box_dist: Tensor, anchor_points: Tensor, strides: Tensor) -> Tensor:
