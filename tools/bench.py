@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ("losses", "model", "assigner", "data", "train", "eval", "export")
+BENCHMARKS = ("losses", "loss_scale", "model", "assigner", "data", "train", "eval", "export")
 
 
 def machine() -> dict:
