@@ -202,6 +202,9 @@ def finish_epoch(cfg, run_dir, logger, state, metrics, epoch_stats, epoch, optim
     ckpt_dir = run_dir / "checkpoints"
     ap = float(metrics.get("AP", -1.0)) if validated else -1.0
     save_checkpoint(checkpoint_state(state, model, optimizer, ema, scaler, meta, metrics), ckpt_dir / "last.pt")
+    if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+        save_checkpoint(checkpoint_state(state, model, optimizer, ema, scaler, meta, metrics),
+                        ckpt_dir / f"epoch{epoch + 1}.pt")
     if validated and ap > state.best_ap:
         state.best_ap = ap
         best = checkpoint_state(state, model, optimizer, ema, scaler, meta, metrics)

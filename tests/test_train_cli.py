@@ -1,0 +1,107 @@
+"""End-to-end runs of tools/train.py on a tiny shapes set (a handful of steps each)."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def tiny_args(tmp_path, run_dir, *extra):
+    return [
+        f"hydra.run.dir={run_dir}", f"data.root={tmp_path / 'shapes'}", "data.num_train=8", "data.num_val=4",
+        "data.min_size=96", "data.max_size=128", "imgsz=64", "batch_size=4", "workers=0", "progress=false",
+        "close_mosaic=1", "warmup.min_iters=2", *extra,
+    ]
+
+
+def run_train(args, env=None, launcher=None, timeout=300):
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "tools" / "train.py"), *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def read_rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("train")
+    run_dir = tmp_path / "run"
+    result = run_train(tiny_args(tmp_path, run_dir, "epochs=2", "save_period=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, run_dir, result
+
+
+def test_cli_run_writes_every_file(finished_run):
+    _, run_dir, result = finished_run
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch1.pt", "results.csv",
+                 "summary.json", ".hydra/config.yaml", "train.log"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    rows = read_rows(run_dir / "results.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["loss"]) > 0 for r in rows) and "AP" in rows[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"AP", "AP50", "spearman"} <= set(summary["final"])
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["model_args"]["scale"] == "n" and len(state["names"]) > 0
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert "train_state" not in best
+
+
+def test_load_checkpoint_gives_a_working_detector(finished_run):
+    import detector
+
+    _, run_dir, _ = finished_run
+    model, config = detector.load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert config["imgsz"] == 64 and not model.training
+    out = model.predict(torch.rand(1, 3, 64, 64))
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_resume_matches_uninterrupted_run(finished_run):
+    tmp_path, run_dir, _ = finished_run
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "epoch1.pt", resumed_dir / "checkpoints" / "last.pt")
+    result = run_train([f"resume={resumed_dir / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'x'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    full, resumed = read_rows(run_dir / "results.csv")[1], read_rows(resumed_dir / "results.csv")[0]
+    assert resumed["epoch"] == "2"
+    for key in ("loss_cls", "loss_box", "loss_dfl", "loss"):
+        assert float(resumed[key]) == pytest.approx(float(full[key]), rel=1e-4, abs=1e-6), key
+    a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+
+
+def test_corrupted_last_pt_is_reported_on_resume(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    result = run_train([f"resume={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode != 0
+    assert "corrupted or truncated" in result.stderr + result.stdout
+
+
+def test_misspelt_option_fails_with_the_valid_choices(tmp_path):
+    result = run_train(["loss_cls=qfll", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode != 0 and "qfl" in result.stderr and "vfl" in result.stderr
+
+
+def test_two_process_gloo_run(tmp_path):
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    result = run_train(tiny_args(tmp_path, run_dir, "epochs=1", "device=cpu", "sync_bn=true"), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert len(read_rows(run_dir / "results.csv")) == 1
