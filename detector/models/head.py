@@ -1,9 +1,19 @@
-"""Decoupled detection head (placeholder: the model issue fills this in)."""
+"""Decoupled detection head: per level, a box branch predicting a distribution over distance bins
+and a class branch predicting the joint class-quality score (no objectness).
+
+Index convention: B images, A anchor points over all levels (level-major, then row-major),
+C classes, R = reg_max bins (distances 0..R-1 in stride units).
+"""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+
+from detector.boxes import make_anchors
+from detector.models.layers import Conv
 
 
 class HeadOutput(NamedTuple):
@@ -20,3 +30,43 @@ class HeadOutput(NamedTuple):
     box_dist: Tensor
     anchor_points: Tensor
     strides: Tensor
+
+
+class DecoupledHead(nn.Module):
+    """Box branch: 3x3 Conv, 3x3 Conv, 1x1 to 4*reg_max. Class branch: 3x3, 3x3, 1x1 to C.
+
+    Bias init: class bias log(5 / C / (640 / s)^2) at stride s (about five objects per 640 px
+    image, spread over the level's cells), box bias 1.0 (a flat-ish distribution).
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], num_classes: int, reg_max: int = 16,
+                 strides: tuple[int, ...] = (8, 16, 32)):
+        super().__init__()
+        self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
+        box_width = max(16, in_channels[0] // 4, 4 * reg_max)
+        cls_width = max(in_channels[0], min(num_classes, 100))
+        self.box_branches = nn.ModuleList(
+            nn.Sequential(Conv(c, box_width, 3), Conv(box_width, box_width, 3), nn.Conv2d(box_width, 4 * reg_max, 1))
+            for c in in_channels)
+        self.cls_branches = nn.ModuleList(
+            nn.Sequential(Conv(c, cls_width, 3), Conv(cls_width, cls_width, 3), nn.Conv2d(cls_width, num_classes, 1))
+            for c in in_channels)
+        self.init_biases()
+
+    @torch.no_grad()
+    def init_biases(self) -> None:
+        for box, cls, stride in zip(self.box_branches, self.cls_branches, self.strides):
+            box[-1].bias.fill_(1.0)
+            cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
+
+    def forward(self, features: tuple[Tensor, ...]) -> HeadOutput:
+        batch = features[0].shape[0]
+        box_dist, cls_logits = [], []
+        for x, box, cls in zip(features, self.box_branches, self.cls_branches):
+            # [B, 4R, H, W] -> [B, H*W, 4, R]; [B, C, H, W] -> [B, H*W, C]
+            box_dist.append(box(x).view(batch, 4, self.reg_max, -1).permute(0, 3, 1, 2))
+            cls_logits.append(cls(x).flatten(2).transpose(1, 2))
+        sizes = [(int(x.shape[2]), int(x.shape[3])) for x in features]
+        anchor_points, strides = make_anchors(sizes, list(self.strides), device=features[0].device,
+                                              dtype=features[0].dtype)
+        return HeadOutput(torch.cat(cls_logits, 1), torch.cat(box_dist, 1), anchor_points, strides)

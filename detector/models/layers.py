@@ -1,0 +1,81 @@
+"""Building blocks of the YOLOv8 layout: Conv-BN-SiLU, the C2f block, SPPF.
+
+Channel counts are explicit arguments; the scale multipliers live in backbone.py.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) + BatchNorm + SiLU; ``fuse()`` folds the BN into a biased conv."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        if isinstance(self.bn, nn.Identity):
+            return
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [c_out]
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          groups=conv.groups, bias=True).to(conv.weight.device)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv, self.bn = fused, nn.Identity()
+
+
+class Bottleneck(nn.Module):
+    """Two 3x3 convs with an optional residual (when shapes allow)."""
+
+    def __init__(self, c_in: int, c_out: int, shortcut: bool = True):
+        super().__init__()
+        self.cv1 = Conv(c_in, c_out, 3)
+        self.cv2 = Conv(c_out, c_out, 3)
+        self.add = shortcut and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """CSP block with two convolutions: split, n bottlenecks on one half, concatenate all outputs."""
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = False):
+        super().__init__()
+        self.hidden = c_out // 2
+        self.cv1 = Conv(c_in, 2 * self.hidden, 1)
+        self.cv2 = Conv((2 + n) * self.hidden, c_out, 1)
+        self.m = nn.ModuleList(Bottleneck(self.hidden, self.hidden, shortcut) for _ in range(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).split((self.hidden, self.hidden), dim=1))
+        for block in self.m:
+            y.append(block(y[-1]))
+        return self.cv2(torch.cat(y, dim=1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: three chained max-pools concatenated with their input."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 5):
+        super().__init__()
+        hidden = c_in // 2
+        self.cv1 = Conv(c_in, hidden, 1)
+        self.cv2 = Conv(hidden * 4, c_out, 1)
+        self.pool = nn.MaxPool2d(kernel, stride=1, padding=kernel // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.cv1(x)
+        p1 = self.pool(x)
+        p2 = self.pool(p1)
+        return self.cv2(torch.cat((x, p1, p2, self.pool(p2)), dim=1))
