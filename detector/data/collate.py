@@ -1,0 +1,34 @@
+"""Batching: images stacked, targets padded to the batch's largest GT count with a mask.
+
+Output dict (B images, M = largest GT count in the batch, possibly 0):
+    images      uint8 [B, 3, H, W]  (the trainer converts to float / 255 on the device)
+    boxes       float32 [B, M, 4] xyxy px in the (augmented or letterboxed) image
+    labels      int64 [B, M]
+    gt_mask     bool [B, M], True for real GTs
+    image_ids   int64 [B]
+    orig_sizes  int64 [B, 2] (H, W) of the original image
+    letterbox   float32 [B, 3] (scale, pad_x, pad_y); (1, 0, 0) without letterbox
+"""
+from __future__ import annotations
+
+import torch
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
+    images = torch.stack([image for image, _ in batch])
+    size = len(batch)
+    max_gt = max((len(t["labels"]) for _, t in batch), default=0)
+    boxes = torch.zeros(size, max_gt, 4, dtype=torch.float32)
+    labels = torch.zeros(size, max_gt, dtype=torch.int64)
+    mask = torch.zeros(size, max_gt, dtype=torch.bool)
+    for i, (_, target) in enumerate(batch):
+        n = len(target["labels"])
+        boxes[i, :n] = target["boxes"].float()
+        labels[i, :n] = target["labels"]
+        mask[i, :n] = True
+    return {
+        "images": images, "boxes": boxes, "labels": labels, "gt_mask": mask,
+        "image_ids": torch.tensor([int(t["image_id"]) for _, t in batch], dtype=torch.int64),
+        "orig_sizes": torch.tensor([list(t["orig_size"]) for _, t in batch], dtype=torch.int64),
+        "letterbox": torch.tensor([list(t.get("letterbox", (1.0, 0.0, 0.0))) for _, t in batch], dtype=torch.float32),
+    }

@@ -1,0 +1,100 @@
+"""The YOLOv8 training pipeline on albumentations: mosaic of 4, random affine, HSV, flip.
+
+Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does), then
+either 4 images go through ``A.Mosaic`` (a 2x2 grid of imgsz cells, an imgsz x imgsz view around
+a random centre) or one image is letterboxed (``A.LongestMaxSize`` + ``A.PadIfNeeded``); both
+continue through ``A.Affine`` (scale, translate, rotate, shear), ``A.HueSaturationValue`` and
+``A.HorizontalFlip``. ``bbox_params`` clips boxes to the image and drops those mostly cropped
+away or smaller than 2 px, so no invalid box reaches the loss.
+
+Reproducibility: every random draw for item ``i`` comes from a generator seeded with
+``(seed, epoch, i)``, independent of the worker that runs it and of what it ran before, so a
+resumed run sees exactly the images an uninterrupted one would.
+
+HSV: YOLOv8 multiplies hue/saturation/value by gains in [1 - g, 1 + g]; albumentations shifts
+them additively, so the gains map to shift limits h * 180, s * 100 and v * 100 (uint8 units).
+"""
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from detector.data.base import DetectionDataset
+from detector.data.transforms import PAD_VALUE
+
+MIN_BOX_SIZE = 2.0  # px: smaller boxes after augmentation are dropped
+
+
+class TrainDataset(Dataset):
+    """Wraps a data set (no transforms) and yields augmented (uint8 [3, imgsz, imgsz], target)."""
+
+    def __init__(self, dataset: DetectionDataset, imgsz: int = 640, mosaic: float = 1.0, scale: float = 0.5,
+                 translate: float = 0.1, degrees: float = 0.0, shear: float = 0.0, fliplr: float = 0.5,
+                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, seed: int = 0):
+        if imgsz % 32:
+            raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
+        self.dataset, self.imgsz, self.seed = dataset, imgsz, seed
+        self.mosaic, self.epoch = mosaic, 0
+        common = [
+            A.Affine(scale=(1 - scale, 1 + scale), translate_percent=(-translate, translate), rotate=(-degrees, degrees),
+                     shear=(-shear, shear), border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
+            A.HueSaturationValue(hue_shift_limit=hsv_h * 180, sat_shift_limit=hsv_s * 100, val_shift_limit=hsv_v * 100,
+                                 p=1.0 if max(hsv_h, hsv_s, hsv_v) > 0 else 0.0),
+            A.HorizontalFlip(p=fliplr),
+        ]
+        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_visibility=0.1,
+                                   min_width=MIN_BOX_SIZE, min_height=MIN_BOX_SIZE, filter_invalid_bboxes=True)
+        self.mosaic_pipeline = A.Compose(
+            [A.Mosaic(grid_yx=(2, 2), target_size=(imgsz, imgsz), cell_shape=(imgsz, imgsz), center_range=(0.25, 0.75),
+                      fit_mode="contain", fill=PAD_VALUE, p=1.0), *common], bbox_params=bbox_params)
+        self.single_pipeline = A.Compose(
+            [A.LongestMaxSize(max_size=imgsz, p=1.0),
+             A.PadIfNeeded(min_height=imgsz, min_width=imgsz, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
+             *common], bbox_params=bbox_params)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_mosaic(self, probability: float) -> None:
+        self.mosaic = probability
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_resized(self, index: int) -> dict:
+        """One image resized so its longer side is imgsz, with its boxes, as albumentations wants."""
+        image, sample = self.dataset.load(index)
+        height, width = image.shape[:2]
+        ratio = self.imgsz / max(height, width)
+        boxes = sample.boxes
+        if ratio != 1:
+            size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR)
+            boxes = np.clip(boxes * ratio, 0, [size[0], size[1], size[0], size[1]]).astype(np.float32)
+        return {"image": image, "bboxes": boxes, "labels": sample.labels, "image_id": sample.image_id,
+                "orig_size": (height, width)}
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        item = self.load_resized(index)
+        if rng.random() < self.mosaic:
+            others = rng.integers(0, len(self.dataset), size=3)
+            metadata = [{k: v for k, v in self.load_resized(int(j)).items() if k in ("image", "bboxes", "labels")}
+                        for j in others]
+            pipeline = self.mosaic_pipeline
+            pipeline.set_random_seed(int(rng.integers(2**31)))
+            out = pipeline(image=item["image"], bboxes=item["bboxes"], labels=item["labels"], mosaic_metadata=metadata)
+        else:
+            pipeline = self.single_pipeline
+            pipeline.set_random_seed(int(rng.integers(2**31)))
+            out = pipeline(image=item["image"], bboxes=item["bboxes"], labels=item["labels"])
+        boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))  # [3, imgsz, imgsz]
+        target = {"boxes": torch.from_numpy(boxes[keep]), "labels": torch.from_numpy(labels[keep]),
+                  "image_id": item["image_id"], "orig_size": item["orig_size"]}
+        return image, target
