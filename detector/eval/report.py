@@ -1,0 +1,40 @@
+"""Printing and writing evaluation results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detector.eval.plots import figure_pr_curves, figure_score_vs_iou, save
+
+DESCRIPTIONS = {
+    "AP": "AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP50": "AP @[IoU=0.50 | area=all | maxDets=100]",
+    "AP75": "AP @[IoU=0.75 | area=all | maxDets=100]", "APs": "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "APm": "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "APl": "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR1": "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR10": "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR100": "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "spearman": "score-IoU Spearman correlation", "pearson": "score-IoU Pearson correlation",
+}
+
+
+def format_metrics_table(metrics: dict) -> str:
+    return "\n".join(f"{name:>8}  {DESCRIPTIONS.get(name, ''):<48} {metrics[name]:.4f}"
+                     for name in DESCRIPTIONS if name in metrics)
+
+
+def format_per_class_table(per_class: dict) -> str:
+    width = max([len(str(n)) for n in per_class] + [5])
+    lines = [f"{'class':<{width}}  AP@[.5:.95]"]
+    lines += [f"{str(name):<{width}}  {ap:.4f}" if ap >= 0 else f"{str(name):<{width}}  (no GT)"
+              for name, ap in per_class.items()]
+    return "\n".join(lines)
+
+
+def write_eval_outputs(out_dir, result, names: list[str]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detections.json").write_text(json.dumps(result.detections))
+    (out / "metrics.json").write_text(json.dumps({"metrics": result.metrics, "per_class": result.per_class}, indent=2))
+    if result.precision is not None:
+        save(figure_pr_curves(result.precision, names), out / "pr_curves.png")
+    save(figure_score_vs_iou(*result.score_iou), out / "score_vs_iou.png")
