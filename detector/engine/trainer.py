@@ -132,7 +132,7 @@ def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, sca
     sums = {name: 0.0 for name in (*LOSS_NAMES, "loss")}
     seen, data_time, compute_time = 0, 0.0, 0.0
     bar = tqdm(loader, total=batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not cfg.progress,
-               dynamic_ncols=True, leave=True)
+               dynamic_ncols=True, leave=True, mininterval=2.0)
     tick = time.perf_counter()
     for batch in bar:
         loaded = time.perf_counter()
@@ -166,8 +166,8 @@ def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, sca
             rate = seen / max(data_time + compute_time, 1e-9)
             bar.set_postfix({k.replace("loss_", ""): f"{v / seen:.3f}" for k, v in sums.items()} | {"img/s": f"{rate:.1f}"})
             if it % cfg.log_interval == 0:
-                logger.scalars({f"train/{k}": float(losses[k]) for k in (*LOSS_NAMES, "loss")}, it)
-                logger.scalars({f"train_weighted/{k}": criterion.weights[k] * float(losses[k]) for k in LOSS_NAMES}, it)
+                logger.scalars({f"train/{k}": float(losses[k].detach()) for k in (*LOSS_NAMES, "loss")}, it)
+                logger.scalars({f"train_weighted/{k}": criterion.weights[k] * float(losses[k].detach()) for k in LOSS_NAMES}, it)
                 logger.scalars({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}, it)
                 logger.scalars({"perf/images_per_s": rate, "perf/data_fraction": data_time / max(data_time + compute_time, 1e-9)}, it)
     bar.close()

@@ -1,0 +1,120 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from detector.data import CocoDetection, YoloDetection, yolo_splits, yolo_to_coco
+
+from conftest import write_image
+
+
+def test_coco_round_trip_contiguous_labels_crowd_and_background(coco_set):
+    img_dir, ann = coco_set
+    ds = CocoDetection(img_dir, ann)
+    assert len(ds) == 3 and ds.names == ["cat", "dog"] and ds.category_ids == [3, 17]
+    image, target = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 64, 96)
+    assert target["image_id"] == 7 and target["orig_size"] == (64, 96)
+    assert torch.equal(target["boxes"], torch.tensor([[10.0, 20.0, 50.0, 60.0]]))  # crowd box left out
+    assert target["labels"].tolist() == [1]
+    assert torch.equal(ds[1][1]["boxes"], torch.tensor([[1.5, 2.5, 21.5, 12.5]]))
+    assert ds[2][1]["boxes"].shape == (0, 4)  # background image kept
+
+
+def test_yolo_round_trip(yolo_set):
+    ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+    assert len(ds) == 3
+    _, target = ds[0]
+    assert torch.allclose(target["boxes"], torch.tensor([[36.0, 16.0, 60.0, 48.0], [12.0, 8.0, 24.0, 24.0]]))
+    assert target["labels"].tolist() == [0, 1]
+    assert ds[2][1]["boxes"].shape == (0, 4)
+
+
+def test_yolo_to_coco_matches_the_data_set(yolo_set, tmp_path):
+    out = yolo_to_coco(yolo_set, "train", ["a", "b"], tmp_path / "out.json")
+    coco = COCO(out)
+    ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+    for index in range(len(ds)):
+        _, target = ds[index]
+        anns = coco.imgToAnns[target["image_id"]]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns]).reshape(-1, 4)
+        assert torch.allclose(boxes, target["boxes"])
+        assert [a["category_id"] for a in anns] == [ds.category_ids[l] for l in target["labels"].tolist()]
+
+
+def test_yolo_splits_cache_the_val_json(yolo_set):
+    splits = yolo_splits(str(yolo_set), train_split="train", val_split="train", names=["a", "b"])
+    assert json.loads(open(splits.val_ann_file).read())["categories"][1]["name"] == "b"
+    again = yolo_splits(str(yolo_set), train_split="train", val_split="train", names=["a", "b"])
+    assert again.val_ann_file == splits.val_ann_file
+
+
+def test_bad_label_lines_are_skipped_and_reported(yolo_set, caplog):
+    labels = yolo_set / "labels" / "train"
+    (labels / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n1 0.5\nnan 0.5 0.5 0.1 0.1\n0 nan 0.5 0.1 0.1\n"
+                                  "0 0.5 0.5 -0.1 0.2\n0 3.0 3.0 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
+    (labels / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # no image
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+    _, target = ds[0]
+    assert target["labels"].tolist() == [0]
+    text = caplog.text
+    for phrase in ("fewer than 5 fields", "not numbers", "NaN", "non-positive size", "outside the image",
+                   "class id outside", "label files without an image", "ghost.txt", "a.txt:2"):
+        assert phrase in text, phrase
+    assert text.count("skipped bad input") == 1  # reported once
+
+
+def test_undecodable_image_is_replaced_and_reported(yolo_set, caplog):
+    (yolo_set / "images" / "train" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+        image, target = ds[0]
+    assert "a.png" in caplog.text
+    assert image.shape[0] == 3 and target["image_id"] != 0 or len(ds) == 2
+
+
+def test_truncated_jpeg_in_coco_is_replaced(coco_set, caplog):
+    img_dir, ann = coco_set
+    data = (img_dir / "a.png").read_bytes()
+    (img_dir / "a.png").write_bytes(data[:40])
+    ds = CocoDetection(img_dir, ann)
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        _, target = ds[0]
+    assert target["image_id"] == 9 and "a.png" in caplog.text
+
+
+def test_coco_json_pointing_at_missing_images(coco_set, caplog):
+    img_dir, ann = coco_set
+    (img_dir / "b.png").unlink()
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 9, "image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})
+    ann.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        ds = CocoDetection(img_dir, ann)
+    assert len(ds) == 2 and "b.png" in caplog.text and "id 9" in caplog.text
+
+
+def test_nothing_valid_is_refused(tmp_path):
+    write_image(tmp_path / "yolo" / "images" / "train" / "x.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no valid image"):
+        YoloDetection(tmp_path / "yolo", "train")
+    with pytest.raises(FileNotFoundError, match="images/val"):
+        YoloDetection(tmp_path / "yolo", "val")
+
+
+@pytest.mark.coco128
+def test_coco128_counts():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
+    if not root.is_dir():
+        pytest.skip("../shared/data/coco128 is absent")
+    ds = YoloDetection(root, "train2017")
+    assert len(ds) == 128
+    assert sum(len(s.labels) for s in ds.samples) == 929
+    assert sum(len(s.labels) == 0 for s in ds.samples) == 2
