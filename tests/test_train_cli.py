@@ -105,3 +105,4 @@ def test_two_process_gloo_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert len(read_rows(run_dir / "results.csv")) == 1
+    assert "sync_bn=true ignored" in result.stdout + result.stderr  # SyncBatchNorm is CUDA-only

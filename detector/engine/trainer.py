@@ -70,8 +70,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.resume:
         state = resume_from(cfg.resume, model, optimizer, ema, scaler, device)
     if world_size > 1:
-        if cfg.sync_bn:
+        if cfg.sync_bn and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif cfg.sync_bn and rank == 0:
+            log.warning("sync_bn=true ignored: SyncBatchNorm needs CUDA; on CPU each process keeps its own BN statistics")
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -17,6 +17,12 @@ def write_image(path: Path, width=96, height=64, rect=None, colour=(255, 0, 0), 
     return path
 
 
+@pytest.fixture(name="write_image")
+def write_image_fixture():
+    """The image writer as a fixture: test modules cannot import conftest under importlib mode."""
+    return write_image
+
+
 @pytest.fixture
 def coco_set(tmp_path):
     """3 images: two with boxes (one crowd), one background; categories with non-contiguous ids."""

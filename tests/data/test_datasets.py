@@ -8,7 +8,6 @@ from pycocotools.coco import COCO
 
 from detector.data import CocoDetection, YoloDetection, yolo_splits, yolo_to_coco
 
-from conftest import write_image
 
 
 def test_coco_round_trip_contiguous_labels_crowd_and_background(coco_set):
@@ -28,7 +27,7 @@ def test_yolo_round_trip(yolo_set):
     ds = YoloDetection(yolo_set, "train", names=["a", "b"])
     assert len(ds) == 3
     _, target = ds[0]
-    assert torch.allclose(target["boxes"], torch.tensor([[36.0, 16.0, 60.0, 48.0], [12.0, 8.0, 24.0, 24.0]]))
+    assert torch.allclose(target["boxes"], torch.tensor([[36.0, 16.0, 60.0, 48.0], [18.0, 8.0, 30.0, 24.0]]))  # 96x64: cx 24, w 12
     assert target["labels"].tolist() == [0, 1]
     assert ds[2][1]["boxes"].shape == (0, 4)
 
@@ -99,7 +98,7 @@ def test_coco_json_pointing_at_missing_images(coco_set, caplog):
     assert len(ds) == 2 and "b.png" in caplog.text and "id 9" in caplog.text
 
 
-def test_nothing_valid_is_refused(tmp_path):
+def test_nothing_valid_is_refused(tmp_path, write_image):
     write_image(tmp_path / "yolo" / "images" / "train" / "x.png").write_bytes(b"junk")
     with pytest.raises(ValueError, match="no valid image"):
         YoloDetection(tmp_path / "yolo", "train")

@@ -8,7 +8,6 @@ from detector.data.pipeline import TrainDataset
 from detector.data.synthetic import ensure_shapes, shapes_splits
 from detector.data.transforms import Letterbox, from_letterbox, letterbox_image, to_letterbox
 
-from conftest import write_image
 
 
 def test_letterbox_maps_exactly_both_ways():
@@ -39,7 +38,7 @@ def test_collate_pads_and_masks():
 
 
 @pytest.fixture
-def rectangles(tmp_path):
+def rectangles(tmp_path, write_image):
     """Images with one solid red rectangle on grey; labels are the rectangle exactly."""
     root = tmp_path / "rects"
     rng = np.random.default_rng(0)
@@ -66,6 +65,9 @@ def test_augmented_boxes_stay_inside_and_enclose_the_object(rectangles, mosaic):
             assert (boxes >= 0).all() and (boxes <= 96).all()
             assert ((boxes[:, 2:] - boxes[:, :2]) >= 2).all()
             red = (image[0].int() > 200) & (image[1].int() < 60) & (image[2].int() < 60)
+            # Slivers under 3 px (an object cropped to its edge) lose their box by design (MIN_BOX_SIZE,
+            # min_visibility); a 3x3 erosion removes them so that only real object pixels are checked.
+            red = -torch.nn.functional.max_pool2d(-red[None].float(), 3, stride=1, padding=1)[0] > 0.5
             ys, xs = torch.nonzero(red, as_tuple=True)
             if len(xs) == 0:
                 continue
