@@ -1,8 +1,11 @@
 """Collect a Hydra sweep into one table: a row per arm, seeds averaged (mean +- std).
 
 A sweep folder (``runs/multirun/<date>``) holds one sub-folder per run, each with
-``.hydra/overrides.yaml`` and ``summary.json``. The overrides that differ between runs label the
-rows; ``seed`` is pooled so that an arm run with several seeds gives one row with its spread.
+``.hydra/overrides.yaml`` and ``summary.json``. A run is described by its config-group choices
+(``.hydra/hydra.yaml``: ``loss_cls=qfl``, ``dfl=on``, ... whether chosen on the command line or by
+default) plus its other overrides; the keys whose values differ between runs label the rows.
+``seed`` is pooled, so an arm run with several seeds gives one row with its spread, and several
+one-factor sweeps collected under one folder share their baseline runs.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
         overrides_path = folder / ".hydra" / "overrides.yaml"
         if not overrides_path.is_file():
             continue
-        overrides = {}
+        overrides = group_choices(folder / ".hydra" / "hydra.yaml")
         for item in yaml.safe_load(overrides_path.read_text()) or []:
             key, _, value = str(item).partition("=")
             if key.lstrip("+~") not in IGNORED_KEYS:
@@ -43,6 +46,14 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
     if not runs:
         raise FileNotFoundError(f"no finished runs (summary.json + .hydra/overrides.yaml) under {sweep_dir}")
     return runs
+
+
+def group_choices(hydra_yaml: Path) -> dict[str, str]:
+    """The run's config-group choices (``{"loss_cls": "qfl", ...}``), Hydra's own groups left out."""
+    if not hydra_yaml.is_file():
+        return {}
+    choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+    return {k: str(v) for k, v in choices.items() if not k.startswith("hydra/")}
 
 
 def arm_label(run: Run, varying: list[str]) -> str:

@@ -106,3 +106,75 @@ def test_two_process_gloo_run(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert len(read_rows(run_dir / "results.csv")) == 1
     assert "sync_bn=true ignored" in result.stdout + result.stderr  # SyncBatchNorm is CUDA-only
+
+
+def run_tool(tool, args, timeout=300):
+    cmd = [sys.executable, str(ROOT / "tools" / tool), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_eval_cli_reproduces_the_validation_metrics_and_writes_its_files(finished_run, tmp_path):
+    _, run_dir, _ = finished_run
+    best = run_dir / "checkpoints" / "best.pt"
+    result = run_tool("eval.py", [f"ckpt={best}", f"hydra.run.dir={tmp_path / 'eval'}", "workers=0", "device=cpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AP @[IoU=0.50:0.95 | area=all | maxDets=100]" in result.stdout and "class" in result.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+            "spearman", "pearson"} <= set(metrics["metrics"])
+    # the same EMA weights, data and imgsz as the last validation: the same AP (fused conv, so to rounding)
+    saved = torch.load(best, weights_only=True)["metrics"]
+    assert metrics["metrics"]["AP"] == pytest.approx(saved["AP"], abs=5e-3)
+    detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert detections and set(detections[0]) == {"image_id", "category_id", "bbox", "score"}
+    for name in ("pr_curves.png", "score_vs_iou.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 1000
+
+
+def test_eval_refuses_a_data_set_with_another_class_count(finished_run, tmp_path):
+    import cv2
+    import numpy as np
+
+    _, run_dir, _ = finished_run
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+           "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    data = [f"data.root={tmp_path}", "data.train_images=imgs", "data.val_images=imgs", "data.train_ann=ann.json",
+            "data.val_ann=ann.json"]
+    result = run_tool("eval.py", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "data=coco", *data,
+                                  f"hydra.run.dir={tmp_path / 'eval'}", "workers=0"])
+    assert result.returncode != 0
+    assert "predicts 6 classes but the data set has 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_with_a_missing_checkpoint_is_one_clear_line(tmp_path):
+    result = run_tool("eval.py", [f"ckpt={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert result.returncode != 0 and "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_writes_last_pt_before_exiting(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *tiny_args(tmp_path, run_dir, "epochs=50")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:  # wait until the loop is about to start
+            if "run folder:" in line:
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "interrupted: writing" in output
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["train_state"]["interrupted"] is True

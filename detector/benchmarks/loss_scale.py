@@ -50,7 +50,7 @@ def measure(negative_logit: float, seed: int = 0) -> dict[str, tuple[float, floa
         x = logits.clone().requires_grad_(True)
         loss = fn(x, targets).sum() / normaliser
         loss.backward()
-        out[name] = (float(loss), float(x.grad.norm()))
+        out[name] = (float(loss.detach()), float(x.grad.norm()))
     return out
 
 
