@@ -1,0 +1,201 @@
+"""Inference on image files: list a source, letterbox, run a checkpoint or an exported ONNX file,
+map the boxes back to original pixels, draw them and write ``detections.json``.
+
+Used by tools/predict.py; usable on its own:
+
+    predictor = load_predictor("best.pt")            # or "best.onnx"
+    for path in list_images("photos/"):
+        image = read_image(path)                     # HWC uint8 RGB
+        detections = predict_image(predictor, image, imgsz=640, conf=0.25)
+
+``detections.json`` is a list with one entry per readable image:
+    {"file": str (the path as found), "width": int, "height": int (original pixels),
+     "detections": [{"box": [x1, y1, x2, y2] original px, "score": float in [0, 1],
+                     "label": int (0-based), "name": str}, ...]}   sorted by score
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from detector.data.base import read_image
+from detector.data.transforms import from_letterbox, letterbox_array
+from detector.data.visualize import draw_detections
+from detector.models.postprocess import postprocess
+
+log = logging.getLogger("detector")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class SourceError(ValueError):
+    """A source that names no image file."""
+
+
+def list_images(source: str | os.PathLike) -> list[Path]:
+    """Image files of ``source``: one file, the images directly inside a folder, or a glob
+    pattern (``photos/*.jpg``, ``data/**/*.png``); sorted by path."""
+    source = str(source)
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        what = f"folder {source}"
+    elif glob.has_magic(source):
+        files = sorted(Path(p) for p in glob.glob(source, recursive=True)
+                       if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        what = f"pattern {source}"
+    else:
+        raise SourceError(f"source not found: {source} (give an image, a folder or a glob pattern)")
+    if not files:
+        raise SourceError(f"no image in {what} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+class TorchPredictor:
+    """A Detector (fused, eval) on a device. ``names`` from the checkpoint; ``imgsz`` its training size."""
+
+    def __init__(self, model, device: torch.device | str = "cpu", imgsz: int | None = None):
+        self.device = torch.device(device)
+        self.model = model.eval().fuse().to(self.device)
+        self.names = list(getattr(model, "names", []))
+        self.imgsz = imgsz
+        self.fixed_size = None
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, conf: float, iou: float, max_det: int) -> list[dict]:
+        """images float32 [B, 3, H, W] in [0, 1] -> detections per image in input pixels (CPU tensors)."""
+        predictions = self.model(torch.from_numpy(images).to(self.device))  # [B, A, 4 + C]
+        return [{k: v.cpu() for k, v in d.items()} for d in postprocess(predictions, conf, iou, max_det)]
+
+
+class OnnxPredictor:
+    """An exported file run with onnxruntime, raw or NMS layout (see detector.export.onnx).
+
+    With the NMS layout the thresholds are baked in: ``conf`` and ``max_det`` can only tighten them
+    (at most the exported max_det rows come out; a lower conf or another iou is reported once).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        from detector.export.onnx import OnnxDetector
+
+        self.session = OnnxDetector(path, threads=threads)
+        meta = self.session.metadata
+        self.names = list(meta.get("names", []))
+        self.imgsz = meta.get("imgsz")
+        self.fixed_size = self.session.fixed_size
+        self._warned = False
+
+    def __call__(self, images: np.ndarray, conf: float, iou: float, max_det: int) -> list[dict]:
+        outputs = self.session(images)
+        if self.session.layout == "raw":
+            return postprocess(torch.from_numpy(outputs["predictions"]), conf, iou, max_det)
+        from detector.export.onnx import nms_outputs_to_detections
+
+        meta = self.session.metadata
+        if not self._warned and (conf < meta.get("conf", 0) or iou != meta.get("iou", iou)):
+            log.warning("%s has NMS in the graph (conf=%s iou=%s max_det=%s): conf=%s iou=%s cannot change "
+                        "them; export again with other values or without nms", self.session.path,
+                        meta.get("conf"), meta.get("iou"), meta.get("max_det"), conf, iou)
+            self._warned = True
+        results = []
+        for det in nms_outputs_to_detections(outputs):
+            keep = (det["scores"] > conf).nonzero().flatten()[:max_det]  # rows are sorted by score
+            results.append({k: v[keep] for k, v in det.items()})
+        return results
+
+
+def load_predictor(path: str | os.PathLike, device: str = "cpu") -> TorchPredictor | OnnxPredictor:
+    """A checkpoint (``.pt``) or an exported ``.onnx`` file, ready to run. Raises
+    CheckpointError / OnnxLayoutError / FileNotFoundError with a message for the user."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        return OnnxPredictor(path)
+    from detector.engine.checkpoint import load_checkpoint
+
+    model, config = load_checkpoint(path)
+    return TorchPredictor(model, device=device, imgsz=config.get("imgsz"))
+
+
+def resolve_imgsz(predictor, requested: int | None) -> int:
+    """The inference size: the one asked for, else the model's own (training size or exported
+    size), else 640. Raises ValueError for a size the model cannot take."""
+    imgsz = int(requested or predictor.imgsz or 640)
+    if imgsz % 32:
+        raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
+    if predictor.fixed_size and tuple(predictor.fixed_size) != (imgsz, imgsz):
+        raise ValueError(f"the ONNX file takes fixed {predictor.fixed_size[0]}x{predictor.fixed_size[1]} input, "
+                         f"not imgsz={imgsz}; pass imgsz={predictor.fixed_size[0]} or export with dynamic=true")
+    return imgsz
+
+
+def predict_image(predictor, image: np.ndarray, imgsz: int, conf: float = 0.25, iou: float = 0.7,
+                  max_det: int = 300) -> dict:
+    """One HWC uint8 RGB image -> {"boxes" [N, 4] xyxy original px (clipped), "scores" [N], "labels" [N]}."""
+    height, width = image.shape[:2]
+    boxed, params = letterbox_array(image, imgsz)  # [imgsz, imgsz, 3], (scale, pad_x, pad_y)
+    batch = (boxed.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)  # [1, 3, imgsz, imgsz]
+    det = predictor(batch, conf, iou, max_det)[0]
+    boxes = from_letterbox(det["boxes"].float(), params)  # [N, 4] original px
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return {"boxes": boxes, "scores": det["scores"].float(), "labels": det["labels"].long()}
+
+
+def detection_record(path: Path, image: np.ndarray, detections: dict, names: list[str]) -> dict:
+    """The ``detections.json`` entry of one image (see the module docstring)."""
+    height, width = image.shape[:2]
+    rows = []
+    for box, score, label in zip(detections["boxes"].tolist(), detections["scores"].tolist(),
+                                 detections["labels"].tolist()):
+        rows.append({"box": [round(v, 2) for v in box], "score": round(score, 5), "label": int(label),
+                     "name": names[label] if 0 <= label < len(names) else str(label)})
+    return {"file": str(path), "width": int(width), "height": int(height), "detections": rows}
+
+
+def draw(image: np.ndarray, detections: dict, names: list[str]) -> Tensor:
+    """HWC uint8 RGB -> uint8 [3, H, W] with labelled boxes ("name 0.87")."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return draw_detections(tensor, detections["boxes"], detections["labels"], names, detections["scores"])
+
+
+def predict_files(predictor, files: list[Path], out_dir: str | os.PathLike, imgsz: int, conf: float = 0.25,
+                  iou: float = 0.7, max_det: int = 300, save_images: bool = True) -> list[dict]:
+    """Run on every file, save ``<out_dir>/<name>.jpg`` pictures and ``detections.json``.
+
+    An unreadable image is skipped with a warning naming it; returns the records written.
+    Raises SourceError when no image at all could be read.
+    """
+    import torchvision
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = predictor.names
+    records, used = [], set()
+    for path in files:
+        image = read_image(path)
+        if image is None:
+            log.warning("skipped %s: not a readable image", path)
+            continue
+        detections = predict_image(predictor, image, imgsz, conf, iou, max_det)
+        records.append(detection_record(path, image, detections, names))
+        if save_images:
+            stem, n = path.stem, 1
+            while stem in used:  # two sources with one name (a glob over folders)
+                stem, n = f"{path.stem}_{n}", n + 1
+            used.add(stem)
+            torchvision.io.write_jpeg(draw(image, detections, names), str(out_dir / f"{stem}.jpg"), quality=90)
+    if not records:
+        raise SourceError(f"none of the {len(files)} files could be read as an image")
+    (out_dir / "detections.json").write_text(json.dumps(records, indent=1))
+    return records
