@@ -13,7 +13,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from detector import build_model
 from detector.data.synthetic import make_image
 from detector.engine.checkpoint import save_checkpoint
 from detector.export import detection_difference, read_metadata
@@ -29,34 +28,17 @@ def run_tool(tool, *args, timeout=300):
                           text=True, timeout=timeout, env=env)
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    """An untrained n model with BN statistics from random batches and tamed last layers, so that
-    its boxes and scores vary (see tests/export/test_onnx.py::calibrated_model)."""
-    torch.manual_seed(0)
-    model = build_model("n", num_classes=3)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-            module.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for height, width in ((64, 64), (96, 128), (128, 128)):
-            model(torch.rand(4, 3, height, width))
-        for box, cls in zip(model.head.box_branches, model.head.cls_branches):
-            # small last layers: distance bins decaying from 0 (boxes of ~20-130 px), scores ~0.03-0.7
-            box[-1].weight.mul_(0.5)
-            box[-1].bias.copy_((-0.5 * torch.arange(model.reg_max, dtype=torch.float32)).repeat(4))
-            cls[-1].weight.mul_(0.5)
-            cls[-1].bias.fill_(-1.5)
+def tiny_checkpoint(path: Path, model) -> Path:
+    """A checkpoint of ``model`` (a calibrated untrained n model, tests/conftest.py) trained at 64 px."""
     save_checkpoint({"model": model.state_dict(), "model_args": {"scale": "n", "num_classes": 3, "reg_max": 16},
                      "names": NAMES, "category_ids": [1, 2, 3], "config": {"imgsz": 64}}, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, calibrated_model):
     root = tmp_path_factory.mktemp("predict")
-    ckpt = tiny_checkpoint(root / "best.pt")
+    ckpt = tiny_checkpoint(root / "best.pt", calibrated_model(NAMES))
     images = root / "images"
     images.mkdir()
     sizes = {}

@@ -5,7 +5,6 @@ and the ONNX output).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 

@@ -1,7 +1,6 @@
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO

@@ -7,7 +7,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from detector import build_model
 from detector.export import (
     DecodedDetector,
     DetectorWithNMS,
@@ -29,33 +28,6 @@ CONF, IOU, MAX_DET = 0.25, 0.7, 20
 DETECTION_TOLERANCE = 0.05
 
 
-def calibrated_model(num_classes: int = 3, seed: int = 0):
-    """A tiny untrained detector that behaves enough like a trained one for parity tests.
-
-    A fresh BN leaves an untrained net's features near 1e-9, so every score ties and NMS
-    comparisons mean nothing. Here the BN statistics come from random batches of the test sizes
-    and the last layers are tamed: boxes and scores vary and some scores pass 0.25.
-    """
-    torch.manual_seed(seed)
-    model = build_model("n", num_classes=num_classes)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average over the calibration batches
-            module.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for height, width in ((64, 64), (96, 128), (128, 128)):
-            model(torch.rand(4, 3, height, width))
-        for box, cls in zip(model.head.box_branches, model.head.cls_branches):
-            # small last layers: distance bins decaying from 0 (boxes of ~20-130 px), scores ~0.03-0.7
-            box[-1].weight.mul_(0.5)
-            box[-1].bias.copy_((-0.5 * torch.arange(model.reg_max, dtype=torch.float32)).repeat(4))
-            cls[-1].weight.mul_(0.5)
-            cls[-1].bias.fill_(-1.5)
-    model.names, model.category_ids = list(NAMES[:num_classes]), list(range(1, num_classes + 1))
-    return model.eval()
-
-
 def assert_as_accurate_as_pytorch(model, images: torch.Tensor, onnx_out: np.ndarray) -> None:
     """onnxruntime is at least as close to the exact (float64) output as PyTorch's own float32 run.
 
@@ -71,8 +43,8 @@ def assert_as_accurate_as_pytorch(model, images: torch.Tensor, onnx_out: np.ndar
 
 
 @pytest.fixture(scope="module")
-def model():
-    return calibrated_model()
+def model(calibrated_model):
+    return calibrated_model(names=NAMES)
 
 
 @pytest.fixture(scope="module")
