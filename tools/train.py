@@ -29,6 +29,10 @@ def main(cfg: DictConfig) -> float:
         summary = train(cfg, run_dir)
     except (CheckpointError, NonFiniteLossError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # the trainer has written last.pt by now
+        print(f"interrupted; continue with: python tools/train.py resume={run_dir}/checkpoints/last.pt",
+              file=sys.stderr)
+        sys.exit(130)
     print(json.dumps({"run_dir": str(run_dir), "best_AP": summary["best_AP"], **summary["final"]}, default=float))
     return summary["best_AP"]
 
