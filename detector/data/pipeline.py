@@ -1,18 +1,16 @@
-"""The YOLOv8 training pipeline on albumentations: mosaic of 4, random affine, HSV, flip.
+"""The YOLOv8 training pipeline: mosaic of 4, random affine, HSV gains, horizontal flip.
 
 Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does), then
-either 4 images go through ``A.Mosaic`` (a 2x2 grid of imgsz cells, an imgsz x imgsz view around
-a random centre) or one image is letterboxed (``A.LongestMaxSize`` + ``A.PadIfNeeded``); both
-continue through ``A.Affine`` (scale, translate, rotate, shear), ``A.HueSaturationValue`` and
-``A.HorizontalFlip``. ``bbox_params`` clips boxes to the image and drops those mostly cropped
-away or smaller than 2 px, so no invalid box reaches the loss.
+either 4 images are placed around a random centre of an imgsz x imgsz canvas (``mosaic4``) or one
+image is letterboxed (``A.LongestMaxSize`` + ``A.PadIfNeeded``); both continue through
+``A.Affine`` (scale, translate, rotate, shear), ``HSVGains`` (YOLOv8's multiplicative HSV gains
+through lookup tables) and ``A.HorizontalFlip``. ``bbox_params`` clips boxes to the image and
+drops those mostly cropped away or smaller than 2 px, so no invalid box reaches the loss. Mosaic
+and HSV are hand-written (detector/data/transforms.py says why); the rest is albumentations.
 
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with
 ``(seed, epoch, i)``, independent of the worker that runs it and of what it ran before, so a
 resumed run sees exactly the images an uninterrupted one would.
-
-HSV: YOLOv8 multiplies hue/saturation/value by gains in [1 - g, 1 + g]; albumentations shifts
-them additively, so the gains map to shift limits h * 180, s * 100 and v * 100 (uint8 units).
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from detector.data.base import DetectionDataset
-from detector.data.transforms import PAD_VALUE
+from detector.data.transforms import PAD_VALUE, HSVGains, mosaic4
 
 MIN_BOX_SIZE = 2.0  # px: smaller boxes after augmentation are dropped
 
@@ -41,15 +39,12 @@ class TrainDataset(Dataset):
         common = [
             A.Affine(scale=(1 - scale, 1 + scale), translate_percent=(-translate, translate), rotate=(-degrees, degrees),
                      shear=(-shear, shear), border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
-            A.HueSaturationValue(hue_shift_limit=hsv_h * 180, sat_shift_limit=hsv_s * 100, val_shift_limit=hsv_v * 100,
-                                 p=1.0 if max(hsv_h, hsv_s, hsv_v) > 0 else 0.0),
+            HSVGains(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v, p=1.0 if max(hsv_h, hsv_s, hsv_v) > 0 else 0.0),
             A.HorizontalFlip(p=fliplr),
         ]
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_visibility=0.1,
                                    min_width=MIN_BOX_SIZE, min_height=MIN_BOX_SIZE, filter_invalid_bboxes=True)
-        self.mosaic_pipeline = A.Compose(
-            [A.Mosaic(grid_yx=(2, 2), target_size=(imgsz, imgsz), cell_shape=(imgsz, imgsz), center_range=(0.25, 0.75),
-                      fit_mode="contain", fill=PAD_VALUE, p=1.0), *common], bbox_params=bbox_params)
+        self.mosaic_pipeline = A.Compose(common, bbox_params=bbox_params)  # after mosaic4
         self.single_pipeline = A.Compose(
             [A.LongestMaxSize(max_size=imgsz, p=1.0),
              A.PadIfNeeded(min_height=imgsz, min_width=imgsz, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
@@ -81,16 +76,16 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         item = self.load_resized(index)
         if rng.random() < self.mosaic:
-            others = rng.integers(0, len(self.dataset), size=3)
-            metadata = [{k: v for k, v in self.load_resized(int(j)).items() if k in ("image", "bboxes", "labels")}
-                        for j in others]
-            pipeline = self.mosaic_pipeline
-            pipeline.set_random_seed(int(rng.integers(2**31)))
-            out = pipeline(image=item["image"], bboxes=item["bboxes"], labels=item["labels"], mosaic_metadata=metadata)
+            items = [item] + [self.load_resized(int(j)) for j in rng.integers(0, len(self.dataset), size=3)]
+            centre = tuple(int(v) for v in rng.uniform(0.25 * self.imgsz, 0.75 * self.imgsz, 2))
+            image, boxes, labels = mosaic4([it["image"] for it in items], [it["bboxes"] for it in items],
+                                           [it["labels"] for it in items], self.imgsz, centre)
+            pipeline, inputs = self.mosaic_pipeline, {"image": image, "bboxes": boxes, "labels": labels}
         else:
-            pipeline = self.single_pipeline
-            pipeline.set_random_seed(int(rng.integers(2**31)))
-            out = pipeline(image=item["image"], bboxes=item["bboxes"], labels=item["labels"])
+            pipeline, inputs = self.single_pipeline, {"image": item["image"], "bboxes": item["bboxes"],
+                                                      "labels": item["labels"]}
+        pipeline.set_random_seed(int(rng.integers(2**31)))
+        out = pipeline(**inputs)
         boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)

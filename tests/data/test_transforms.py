@@ -65,9 +65,11 @@ def test_augmented_boxes_stay_inside_and_enclose_the_object(rectangles, mosaic):
             assert (boxes >= 0).all() and (boxes <= 96).all()
             assert ((boxes[:, 2:] - boxes[:, :2]) >= 2).all()
             red = (image[0].int() > 200) & (image[1].int() < 60) & (image[2].int() < 60)
-            # Slivers under 3 px (an object cropped to its edge) lose their box by design (MIN_BOX_SIZE,
-            # min_visibility); a 3x3 erosion removes them so that only real object pixels are checked.
-            red = -torch.nn.functional.max_pool2d(-red[None].float(), 3, stride=1, padding=1)[0] > 0.5
+            # Slivers under 5 px (an object cropped to its edge) lose their box by design (MIN_BOX_SIZE,
+            # min_visibility); a 5x5 erosion (outside the image counts as not red) removes them so
+            # that only real object pixels are checked.
+            not_red = torch.nn.functional.pad((~red)[None].float(), (2, 2, 2, 2), value=1.0)
+            red = torch.nn.functional.max_pool2d(not_red, 5, stride=1)[0] < 0.5
             ys, xs = torch.nonzero(red, as_tuple=True)
             if len(xs) == 0:
                 continue
@@ -107,3 +109,50 @@ def test_shapes_set_is_deterministic_and_cached(tmp_path):
     assert 64 <= h <= 96 and 64 <= w <= 96 and image.shape == (3, h, w)
     boxes = target["boxes"]
     assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+
+
+def test_mosaic4_places_each_image_around_the_centre_and_moves_its_boxes():
+    from detector.data.transforms import PAD_VALUE, mosaic4
+
+    images = [np.full((40, 60, 3), 10 * (k + 1), np.uint8) for k in range(4)]  # h 40, w 60, flat colours
+    boxes = [np.array([[10.0, 5.0, 50.0, 35.0]], np.float32)] * 4
+    labels = [np.array([k]) for k in range(4)]
+    canvas, out_boxes, out_labels = mosaic4(images, boxes, labels, imgsz=96, centre=(50, 30))
+    # top-left image ends at the centre: its top 10 rows and left 10 columns are cut by the canvas
+    assert canvas[0, 0, 0] == 10 and canvas[29, 49, 0] == 10
+    assert canvas[0, 50, 0] == 20 and canvas[30, 49, 0] == 30 and canvas[30, 50, 0] == 40
+    assert canvas[69, 40, 0] == 30 and canvas[75, 20, 0] == PAD_VALUE  # below the 40-row images: padding
+    expected = np.array([[0.0, 0.0, 40.0, 25.0],      # (10-10, 5-10, 50-10, 35-10) clipped at 0
+                         [60.0, 0.0, 96.0, 25.0],     # x0=50: (60, -5, 100, 25) clipped to the canvas
+                         [0.0, 35.0, 40.0, 65.0],     # y0=30
+                         [60.0, 35.0, 96.0, 65.0]], np.float32)
+    np.testing.assert_allclose(out_boxes, expected)
+    assert out_labels.tolist() == [0, 1, 2, 3]
+
+
+def test_mosaic4_drops_boxes_mostly_cut_away():
+    from detector.data.transforms import mosaic4
+
+    images = [np.zeros((40, 40, 3), np.uint8)] * 4
+    boxes = [np.array([[0.0, 0.0, 20.0, 20.0]], np.float32)] + [np.zeros((0, 4), np.float32)] * 3
+    labels = [np.array([1])] + [np.zeros(0, np.int64)] * 3
+    # the top-left image lands at (-38, -38): its box becomes (-38, -38, -18, -18), entirely cut away
+    _, out_boxes, out_labels = mosaic4(images, boxes, labels, imgsz=64, centre=(2, 2))
+    assert out_boxes.shape == (0, 4) and out_labels.shape == (0,)
+
+
+def test_hsv_gains_identity_and_yolov8_formula():
+    import cv2
+
+    from detector.data.transforms import HSVGains
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    transform = HSVGains(hgain=0.0, sgain=0.0, vgain=0.0)
+    np.testing.assert_array_equal(transform.apply(image, gain=np.ones(3)),
+                                  cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), cv2.COLOR_HSV2RGB))
+    out = HSVGains().apply(image, gain=np.array([1.0, 1.0, 0.5]))  # halve the value channel only
+    hsv_in = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(int)
+    hsv_out = cv2.cvtColor(out, cv2.COLOR_RGB2HSV).astype(int)
+    assert np.abs(hsv_out[..., 2] - hsv_in[..., 2] * 0.5).mean() < 1.5
+    gains = [HSVGains(0.015, 0.7, 0.4).get_params()["gain"] for _ in range(50)]
+    assert all(0.3 <= g[1] <= 1.7 and 0.6 <= g[2] <= 1.4 and abs(g[0] - 1) <= 0.015 for g in gains)
