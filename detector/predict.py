@@ -139,12 +139,18 @@ def resolve_imgsz(predictor, requested: int | None) -> int:
     return imgsz
 
 
+def to_input_batch(image: np.ndarray, imgsz: int) -> tuple[np.ndarray, tuple[float, int, int]]:
+    """HWC uint8 RGB -> (the model input float32 [1, 3, imgsz, imgsz] in [0, 1], letterbox
+    (scale, pad_x, pad_y) to map boxes back with ``from_letterbox``)."""
+    boxed, params = letterbox_array(image, imgsz)  # [imgsz, imgsz, 3]
+    return boxed.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, params
+
+
 def predict_image(predictor, image: np.ndarray, imgsz: int, conf: float = 0.25, iou: float = 0.7,
                   max_det: int = 300) -> dict:
     """One HWC uint8 RGB image -> {"boxes" [N, 4] xyxy original px (clipped), "scores" [N], "labels" [N]}."""
     height, width = image.shape[:2]
-    boxed, params = letterbox_array(image, imgsz)  # [imgsz, imgsz, 3], (scale, pad_x, pad_y)
-    batch = (boxed.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)  # [1, 3, imgsz, imgsz]
+    batch, params = to_input_batch(image, imgsz)  # [1, 3, imgsz, imgsz]
     det = predictor(batch, conf, iou, max_det)[0]
     boxes = from_letterbox(det["boxes"].float(), params)  # [N, 4] original px
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)

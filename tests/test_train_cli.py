@@ -22,10 +22,15 @@ def tiny_args(tmp_path, run_dir, *extra):
     ]
 
 
-def run_train(args, env=None, launcher=None, timeout=300):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "tools" / "train.py"), *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+def run_tool(tool, args, launcher=None, timeout=300):
+    """tools/<tool> in a subprocess (one thread, as CI's 2 cores want), optionally under ``launcher``."""
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "tools" / tool), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_train(args, launcher=None, timeout=300):
+    return run_tool("train.py", args, launcher=launcher, timeout=timeout)
 
 
 def read_rows(path):
@@ -106,12 +111,6 @@ def test_two_process_gloo_run(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert len(read_rows(run_dir / "results.csv")) == 1
     assert "sync_bn=true ignored" in result.stdout + result.stderr  # SyncBatchNorm is CUDA-only
-
-
-def run_tool(tool, args, timeout=300):
-    cmd = [sys.executable, str(ROOT / "tools" / tool), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_eval_cli_reproduces_the_validation_metrics_and_writes_its_files(finished_run, tmp_path):

@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 
 from detector.data.base import read_image
 from detector.data.synthetic import make_image
-from detector.data.transforms import letterbox_array
 from detector.engine.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.run import setup_logging
 from detector.export.onnx import OnnxDetector, check_onnx, describe, export_onnx, max_difference, ort_latency_ms
+from detector.predict import to_input_batch
 
 log = logging.getLogger("detector")
 
@@ -33,8 +33,7 @@ def parity_images(image_path: str | None, imgsz: int) -> np.ndarray:
             sys.exit(f"error: image={image_path} is not a readable image")
     else:
         image, _ = make_image(np.random.default_rng(0), imgsz // 2, imgsz)
-    boxed, _ = letterbox_array(image, imgsz)
-    return boxed.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    return to_input_batch(image, imgsz)[0]
 
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")

@@ -24,6 +24,7 @@ import torch
 from detector import build_model
 from detector.export.onnx import OnnxDetector, export_onnx, max_difference, ort_latency_ms
 from detector.models.postprocess import postprocess
+from detector.timing import median_ms
 
 CONF, IOU, MAX_DET = 0.25, 0.7, 100
 LOADED_CANDIDATES = 1000
@@ -53,14 +54,7 @@ def time_raw_plus_postprocess(detector: OnnxDetector, images: np.ndarray, runs: 
     def once():
         postprocess(torch.from_numpy(detector(images)["predictions"]), conf=CONF, iou=IOU, max_det=MAX_DET)
 
-    for _ in range(2):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    return median_ms(once, runs=runs, warmup=2)
 
 
 def reference_row(folder: Path, imgsz: int, images: np.ndarray, runs: int) -> dict:
@@ -75,16 +69,9 @@ def reference_row(folder: Path, imgsz: int, images: np.ndarray, runs: int) -> di
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    run = lambda: session.run(None, {"images": images})  # noqa: E731
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
+    latency = median_ms(lambda: session.run(None, {"images": images}), runs=runs)
     return {"graph": "reference yolov8n raw [1, 84, A] (ultralytics)", "imgsz": imgsz,
-            "ort_cpu_ms": float(np.median(times)), "mib": path.stat().st_size / 2**20}
+            "ort_cpu_ms": latency, "mib": path.stat().st_size / 2**20}
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -5,26 +5,17 @@ the same way when the package is importable; it is a benchmark-only comparison.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from detector import build_model
 from detector.models.summary import model_summary
+from detector.timing import median_ms
 
 
 def latency_ms(model, imgsz: int, runs: int) -> float:
     x = torch.rand(1, 3, imgsz, imgsz)
     with torch.inference_mode():
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        return median_ms(lambda: model(x), runs=runs, warmup=2)
 
 
 def reference_yolov8n():

@@ -2,7 +2,7 @@
 
 Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does), then
 either 4 images are placed around a random centre of an imgsz x imgsz canvas (``mosaic4``) or one
-image is letterboxed (``A.LongestMaxSize`` + ``A.PadIfNeeded``); both continue through
+image is padded to a square (``A.PadIfNeeded``); both continue through
 ``A.Affine`` (scale, translate, rotate, shear), ``HSVGains`` (YOLOv8's multiplicative HSV gains
 through lookup tables) and ``A.HorizontalFlip``. ``bbox_params`` clips boxes to the image and
 drops those mostly cropped away or smaller than 2 px, so no invalid box reaches the loss. Mosaic
@@ -45,9 +45,8 @@ class TrainDataset(Dataset):
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_visibility=0.1,
                                    min_width=MIN_BOX_SIZE, min_height=MIN_BOX_SIZE, filter_invalid_bboxes=True)
         self.mosaic_pipeline = A.Compose(common, bbox_params=bbox_params)  # after mosaic4
-        self.single_pipeline = A.Compose(
-            [A.LongestMaxSize(max_size=imgsz, p=1.0),
-             A.PadIfNeeded(min_height=imgsz, min_width=imgsz, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
+        self.single_pipeline = A.Compose(  # load_resized already made the longer side imgsz
+            [A.PadIfNeeded(min_height=imgsz, min_width=imgsz, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
              *common], bbox_params=bbox_params)
 
     def __len__(self) -> int:

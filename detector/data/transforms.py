@@ -78,10 +78,11 @@ class HSVGains(A.ImageOnlyTransform):
 
     def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4, p: float = 1.0):
         super().__init__(p=p)
-        self.gains = np.array([hgain, sgain, vgain], dtype=np.float64)
+        self.hgain, self.sgain, self.vgain = hgain, sgain, vgain
 
     def get_params(self) -> dict:
-        return {"gain": self.random_generator.uniform(-1, 1, 3) * self.gains + 1}
+        gains = np.array([self.hgain, self.sgain, self.vgain], dtype=np.float64)
+        return {"gain": self.random_generator.uniform(-1, 1, 3) * gains + 1}
 
     def apply(self, img: np.ndarray, gain: np.ndarray, **params) -> np.ndarray:
         hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
@@ -93,7 +94,7 @@ class HSVGains(A.ImageOnlyTransform):
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("gains",)
+        return ("hgain", "sgain", "vgain")
 
 
 def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], labels: list[np.ndarray], imgsz: int,

@@ -31,9 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from torchvision.ops import batched_nms
 
 from detector.boxes import make_anchors
 from detector.models.detector import MAX_STRIDE, Detector
+from detector.timing import median_ms
 
 FORMAT = "detector-onnx-v1"
 DEFAULT_OPSET = 17
@@ -304,14 +303,7 @@ class OnnxDetector:
 
 def ort_latency_ms(detector: OnnxDetector, images: np.ndarray, runs: int = 20, warmup: int = 3) -> float:
     """Median wall time of one session.run in milliseconds."""
-    for _ in range(warmup):
-        detector(images)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        detector(images)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: detector(images), runs=runs, warmup=warmup)
 
 
 def nms_outputs_to_detections(outputs: dict[str, np.ndarray]) -> list[dict]:
