@@ -60,12 +60,18 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
     return clipped, valid
 
 
+# OpenCV >= 4.10 can have libjpeg write RGB directly, which saves a colour conversion per image.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """HWC uint8 RGB, or None if the file cannot be decoded."""
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-    if image is None:
+    if data is None or not data.size:
         return None
+    image = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    if image is None or _IMREAD_RGB is not None:
+        return image
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -8,9 +8,14 @@ through lookup tables) and ``A.HorizontalFlip``. ``bbox_params`` clips boxes to 
 drops those mostly cropped away or smaller than 2 px, so no invalid box reaches the loss. Mosaic
 and HSV are hand-written (detector/data/transforms.py says why); the rest is albumentations.
 
+Mosaic partners: the DataLoader fetches a batch through ``__getitems__``, which by default draws
+the 3 other images of each mosaic from the batch itself, so every image is decoded once per batch
+instead of about 4 times (``mosaic_partners="dataset"`` draws them from the whole data set).
+
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with
-``(seed, epoch, i)``, independent of the worker that runs it and of what it ran before, so a
-resumed run sees exactly the images an uninterrupted one would.
+``(seed, epoch, i)``, and the batches from the sampler seeded with ``(seed, epoch)``, independent
+of the worker that runs them and of what it ran before, so a resumed run sees exactly the images
+an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -31,10 +36,13 @@ class TrainDataset(Dataset):
 
     def __init__(self, dataset: DetectionDataset, imgsz: int = 640, mosaic: float = 1.0, scale: float = 0.5,
                  translate: float = 0.1, degrees: float = 0.0, shear: float = 0.0, fliplr: float = 0.5,
-                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, seed: int = 0):
+                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, mosaic_partners: str = "batch",
+                 seed: int = 0):
         if imgsz % 32:
             raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
-        self.dataset, self.imgsz, self.seed = dataset, imgsz, seed
+        if mosaic_partners not in ("batch", "dataset"):
+            raise ValueError(f"augment.mosaic_partners={mosaic_partners!r}: expected 'batch' or 'dataset'")
+        self.dataset, self.imgsz, self.seed, self.mosaic_partners = dataset, imgsz, seed, mosaic_partners
         self.mosaic, self.epoch = mosaic, 0
         common = [
             A.Affine(scale=(1 - scale, 1 + scale), translate_percent=(-translate, translate), rotate=(-degrees, degrees),
@@ -72,10 +80,36 @@ class TrainDataset(Dataset):
                 "orig_size": (height, width)}
 
     def __getitem__(self, index: int):
+        """One sample; its mosaic partners are drawn from the whole data set."""
+        return self.augment(index, self.load_resized, pool=None)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch (the DataLoader calls this in its worker when it exists). With
+        ``mosaic_partners="batch"`` mosaic partners are drawn from the batch itself, so each image
+        is decoded and resized once per batch rather than once per use (about 4 times with
+        mosaic). YOLOv8 gets the same saving by drawing partners from a buffer of recently loaded
+        images, which depends on what a worker ran before; the batch is fixed by (seed, epoch),
+        so this stays exactly reproducible. ``"dataset"`` draws them from the whole data set."""
+        if self.mosaic_partners == "dataset":
+            return [self[i] for i in indices]
+        loaded: dict[int, dict] = {}
+
+        def load(i: int) -> dict:
+            if i not in loaded:
+                loaded[i] = self.load_resized(i)
+            return loaded[i]
+
+        pool = np.asarray(indices, dtype=np.int64)
+        return [self.augment(int(i), load, pool=pool) for i in indices]
+
+    def augment(self, index: int, load, pool: np.ndarray | None):
+        """Item ``index`` through the pipeline; ``load(i)`` gives ``load_resized(i)``, mosaic
+        partners come from ``pool`` (indices), or from the whole data set when it is None."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        item = self.load_resized(index)
+        item = load(index)
         if rng.random() < self.mosaic:
-            items = [item] + [self.load_resized(int(j)) for j in rng.integers(0, len(self.dataset), size=3)]
+            partners = rng.integers(0, len(self.dataset), size=3) if pool is None else rng.choice(pool, size=3)
+            items = [item] + [load(int(j)) for j in partners]
             centre = tuple(int(v) for v in rng.uniform(0.25 * self.imgsz, 0.75 * self.imgsz, 2))
             image, boxes, labels = mosaic4([it["image"] for it in items], [it["bboxes"] for it in items],
                                            [it["labels"] for it in items], self.imgsz, centre)

@@ -85,12 +85,11 @@ class HSVGains(A.ImageOnlyTransform):
         return {"gain": self.random_generator.uniform(-1, 1, 3) * gains + 1}
 
     def apply(self, img: np.ndarray, gain: np.ndarray, **params) -> np.ndarray:
-        hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
         x = np.arange(256, dtype=np.float64)
-        lut_hue = ((x * gain[0]) % 180).astype(np.uint8)  # OpenCV's uint8 hue is 0..179
-        lut_sat = np.clip(x * gain[1], 0, 255).astype(np.uint8)
-        lut_val = np.clip(x * gain[2], 0, 255).astype(np.uint8)
-        hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+        lut = np.stack([(x * gain[0]) % 180,  # OpenCV's uint8 hue is 0..179
+                        np.clip(x * gain[1], 0, 255),
+                        np.clip(x * gain[2], 0, 255)], axis=1).astype(np.uint8).reshape(256, 1, 3)
+        hsv = cv2.LUT(cv2.cvtColor(img, cv2.COLOR_RGB2HSV), lut)  # one table per channel, no split/merge
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

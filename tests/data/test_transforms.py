@@ -96,6 +96,50 @@ def test_train_pipeline_is_a_function_of_seed_epoch_and_index(rectangles):
     assert not torch.equal(b[0][0], first[0][0])
 
 
+@pytest.fixture
+def solid_colours(tmp_path, write_image):
+    """8 images, each one solid colour of its own (PNG, so exact), with one box over the whole image."""
+    root = tmp_path / "solid"
+    (root / "labels" / "train").mkdir(parents=True)
+    for i in range(8):
+        write_image(root / "images" / "train" / f"{i}.png", 64, 48, colour=(0, 0, 0), background=(30 * i, 200, 10))
+        (root / "labels" / "train" / f"{i}.txt").write_text("0 0.5 0.5 1 1\n")
+    return YoloDetection(root, "train", names=["solid"])
+
+
+def test_batch_fetch_decodes_each_image_once_and_draws_partners_from_the_batch(solid_colours, monkeypatch):
+    train = TrainDataset(solid_colours, imgsz=64, mosaic=1.0, scale=0.0, translate=0.0, fliplr=0.0,
+                         hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    loads = []
+    original = solid_colours.load
+    monkeypatch.setattr(solid_colours, "load", lambda i: loads.append(i) or original(i))
+    batch = [5, 1, 6]
+    samples = train.__getitems__(batch)
+    assert sorted(loads) == sorted(set(loads)) and set(loads) <= set(batch)  # each at most once, batch only
+    allowed = {(30 * i, 200, 10) for i in batch} | {(114, 114, 114)}  # the batch's colours and the padding
+    for image, target in samples:
+        colours = {tuple(c) for c in image.reshape(3, -1).T.tolist()}
+        assert colours <= allowed, colours - allowed
+        assert len(target["boxes"]) >= 1
+    # The same batch again, in another data set object: identical (a function of seed, epoch, batch).
+    again = TrainDataset(solid_colours, imgsz=64, mosaic=1.0, scale=0.0, translate=0.0, fliplr=0.0,
+                         hsv_h=0.0, hsv_s=0.0, hsv_v=0.0).__getitems__(batch)
+    for (ia, ta), (ib, tb) in zip(samples, again):
+        assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
+
+
+def test_data_loader_fetches_batches_the_same_in_any_number_of_workers(solid_colours):
+    from torch.utils.data import DataLoader
+
+    train = TrainDataset(solid_colours, imgsz=64, seed=1)
+    batches = [[3, 0, 7], [2, 4, 1]]
+    expected = [collate_detection(train.__getitems__(batch)) for batch in batches]
+    for workers in (0, 2):
+        loader = DataLoader(train, batch_sampler=batches, num_workers=workers, collate_fn=collate_detection)
+        for got, want in zip(loader, expected, strict=True):
+            assert all(torch.equal(got[key], want[key]) for key in ("images", "boxes", "labels", "gt_mask"))
+
+
 def test_shapes_set_is_deterministic_and_cached(tmp_path):
     one = ensure_shapes(tmp_path / "a", num_train=4, num_val=2, min_size=64, max_size=96)
     two = ensure_shapes(tmp_path / "b", num_train=4, num_val=2, min_size=64, max_size=96)
