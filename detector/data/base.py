@@ -61,7 +61,7 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
 
 
 # OpenCV >= 4.10 can have libjpeg write RGB directly, which saves a colour conversion per image.
-_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_DECODE_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -69,10 +69,10 @@ def read_image(path: Path) -> np.ndarray | None:
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
     if data is None or not data.size:
         return None
-    image = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
-    if image is None or _IMREAD_RGB is not None:
-        return image
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image = cv2.imdecode(data, _DECODE_FLAG)
+    if image is not None and _DECODE_FLAG == cv2.IMREAD_COLOR:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 class DetectionDataset(Dataset):

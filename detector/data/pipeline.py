@@ -19,6 +19,8 @@ an uninterrupted one would.
 """
 from __future__ import annotations
 
+import functools
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -92,13 +94,7 @@ class TrainDataset(Dataset):
         so this stays exactly reproducible. ``"dataset"`` draws them from the whole data set."""
         if self.mosaic_partners == "dataset":
             return [self[i] for i in indices]
-        loaded: dict[int, dict] = {}
-
-        def load(i: int) -> dict:
-            if i not in loaded:
-                loaded[i] = self.load_resized(i)
-            return loaded[i]
-
+        load = functools.cache(self.load_resized)  # each image of the batch decoded once
         pool = np.asarray(indices, dtype=np.int64)
         return [self.augment(int(i), load, pool=pool) for i in indices]
 
