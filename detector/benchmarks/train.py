@@ -37,9 +37,15 @@ class TimedAssigner:
         return result
 
 
-def base_dataset():
+def coco128_root() -> Path | None:
+    """$COCO128, else ../shared/data/coco128 beside the checkout, when it holds images/train2017."""
     root = Path(os.environ.get("COCO128", Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"))
-    if (root / "images" / "train2017").is_dir():
+    return root if (root / "images" / "train2017").is_dir() else None
+
+
+def base_dataset():
+    root = coco128_root()
+    if root is not None:
         from detector.data.yolo import YoloDetection
 
         return "coco128", YoloDetection(root, "train2017")

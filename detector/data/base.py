@@ -64,10 +64,24 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
 _DECODE_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def is_truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG whose last KiB holds no end-of-image marker: its file was cut short.
+
+    OpenCV 4 decodes such a file without an error, filling the missing rows with grey, so boxes
+    on the lost part would point at nothing (OpenCV 5 refuses it). The marker cannot occur inside compressed data
+    (byte stuffing), and looking at the last KiB rather than the last 2 bytes tolerates the
+    padding some cameras write after it.
+    """
+    return data[:2].tobytes() == JPEG_START and JPEG_END not in data[-1024:].tobytes()
+
+
 def read_image(path: Path) -> np.ndarray | None:
-    """HWC uint8 RGB, or None if the file cannot be decoded."""
+    """HWC uint8 RGB, or None if the file cannot be decoded or is a truncated JPEG."""
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None or not data.size:
+    if data is None or not data.size or is_truncated_jpeg(data):
         return None
     image = cv2.imdecode(data, _DECODE_FLAG)
     if image is not None and _DECODE_FLAG == cv2.IMREAD_COLOR:

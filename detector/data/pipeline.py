@@ -98,13 +98,24 @@ class TrainDataset(Dataset):
         pool = np.asarray(indices, dtype=np.int64)
         return [self.augment(int(i), load, pool=pool) for i in indices]
 
+    def draw_partners(self, index: int, pool: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        """The 3 other images of item ``index``'s mosaic: from the whole data set (``pool`` None,
+        as YOLOv5 did), else 3 distinct other members of the batch, so that a mosaic never shows
+        the same image twice unless the batch is smaller than 4."""
+        if pool is None:
+            return rng.integers(0, len(self.dataset), size=3)
+        others = pool[pool != index]
+        if not len(others):  # a batch of one
+            return np.full(3, index)
+        return rng.choice(others, size=3, replace=len(others) < 3)
+
     def augment(self, index: int, load, pool: np.ndarray | None):
         """Item ``index`` through the pipeline; ``load(i)`` gives ``load_resized(i)``, mosaic
         partners come from ``pool`` (indices), or from the whole data set when it is None."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         item = load(index)
         if rng.random() < self.mosaic:
-            partners = rng.integers(0, len(self.dataset), size=3) if pool is None else rng.choice(pool, size=3)
+            partners = self.draw_partners(index, pool, rng)
             items = [item] + [load(int(j)) for j in partners]
             centre = tuple(int(v) for v in rng.uniform(0.25 * self.imgsz, 0.75 * self.imgsz, 2))
             image, boxes, labels = mosaic4([it["image"] for it in items], [it["bboxes"] for it in items],

@@ -101,7 +101,8 @@ class YoloDetection(DetectionDataset):
             label_path = label_dir / f"{path.stem}.txt"
             if label_path.is_file():
                 boxes, labels = parse_label_file(label_path, *size, num_classes, problems)
-            else:  # a background image
+            else:  # YOLO's convention for a background image, reported in case the file was lost
+                problems.add("images without a label file (kept as background)", path.name)
                 boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
             samples.append(Sample(path, image_id, boxes, labels))
             sizes[image_id] = size

@@ -56,3 +56,16 @@ def yolo_set(tmp_path):
     (labels / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n1 0.25 0.25 0.125 0.25\n")
     (labels / "b.txt").write_text("1 0.5 0.5 1.0 1.0\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def coco128():
+    """YoloDetection over ../shared/data/coco128 (or $COCO128); the test skips when it is absent."""
+    import os
+
+    from detector.data import YoloDetection
+
+    root = Path(os.environ.get("COCO128", Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"))
+    if not (root / "images" / "train2017").is_dir():
+        pytest.skip(f"{root} is absent")
+    return YoloDetection(root, "train2017")

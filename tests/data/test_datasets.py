@@ -86,6 +86,35 @@ def test_truncated_jpeg_in_coco_is_replaced(coco_set, caplog):
     assert target["image_id"] == 9 and "a.png" in caplog.text
 
 
+def test_jpeg_cut_short_is_skipped(yolo_set, caplog):
+    """OpenCV 4 decodes a cut JPEG with grey rows and no error (OpenCV 5 refuses it): caught either way."""
+    import cv2
+    import numpy as np
+
+    from detector.data.base import is_truncated_jpeg
+
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    cut = data[:len(data) * 6 // 10]
+    assert is_truncated_jpeg(np.frombuffer(cut, np.uint8))
+    assert not is_truncated_jpeg(np.frombuffer(data, np.uint8))
+    assert not is_truncated_jpeg(np.frombuffer(data + bytes(100), np.uint8))  # padding after the end marker
+    folder = yolo_set / "images" / "train"
+    (folder / "a.png").unlink()
+    (folder / "a.jpg").write_bytes(cut)
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+        _, target = ds[0]  # a.jpg is first: replaced by the next image, b.png
+    assert target["image_id"] == 1 and "a.jpg" in caplog.text
+
+
+def test_images_without_a_label_file_are_kept_as_background_and_reported(yolo_set, caplog):
+    with caplog.at_level(logging.WARNING, logger="detector"):
+        ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+    assert len(ds) == 3 and ds[2][1]["boxes"].shape == (0, 4)
+    assert "1 x images without a label file (kept as background): bg.png" in caplog.text
+
+
 def test_coco_json_pointing_at_missing_images(coco_set, caplog):
     img_dir, ann = coco_set
     (img_dir / "b.png").unlink()
@@ -106,13 +135,7 @@ def test_nothing_valid_is_refused(tmp_path, write_image):
 
 
 @pytest.mark.coco128
-def test_coco128_counts():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
-    if not root.is_dir():
-        pytest.skip("../shared/data/coco128 is absent")
-    ds = YoloDetection(root, "train2017")
-    assert len(ds) == 128
-    assert sum(len(s.labels) for s in ds.samples) == 929
-    assert sum(len(s.labels) == 0 for s in ds.samples) == 2
+def test_coco128_counts(coco128):
+    assert len(coco128) == 128
+    assert sum(len(s.labels) for s in coco128.samples) == 929
+    assert sum(len(s.labels) == 0 for s in coco128.samples) == 2

@@ -128,6 +128,25 @@ def test_batch_fetch_decodes_each_image_once_and_draws_partners_from_the_batch(s
         assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
 
 
+def test_batch_mosaic_shows_its_own_image_and_three_other_distinct_batch_members(solid_colours):
+    train = TrainDataset(solid_colours, imgsz=64, mosaic=1.0, scale=0.0, translate=0.0, fliplr=0.0,
+                         hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    colour = {i: (30 * i, 200, 10) for i in range(8)}
+    batch = [0, 2, 3, 5, 7]
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        for index, (image, _) in zip(batch, train.__getitems__(batch)):
+            shown = {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)}
+            # the centre lies inside the canvas, so all 4 quadrants are visible: 4 different images
+            assert len(shown) == 4 and colour[index] in shown and shown <= {colour[i] for i in batch}
+    # a batch too small for 3 distinct partners still makes mosaics, from what it has
+    for index, (image, target) in zip([1, 4], train.__getitems__([1, 4])):
+        shown = {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)}
+        assert shown <= {colour[1], colour[4]} and len(target["boxes"]) >= 1
+    (image, _), = train.__getitems__([6])
+    assert {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)} == {colour[6]}
+
+
 def test_data_loader_fetches_batches_the_same_in_any_number_of_workers(solid_colours):
     from torch.utils.data import DataLoader
 
@@ -138,6 +157,25 @@ def test_data_loader_fetches_batches_the_same_in_any_number_of_workers(solid_col
         loader = DataLoader(train, batch_sampler=batches, num_workers=workers, collate_fn=collate_detection)
         for got, want in zip(loader, expected, strict=True):
             assert all(torch.equal(got[key], want[key]) for key in ("images", "boxes", "labels", "gt_mask"))
+
+
+@pytest.mark.coco128
+def test_coco128_pipeline_keeps_every_box_valid_and_letterbox_maps_back(coco128):
+    train = TrainDataset(coco128, imgsz=320, seed=0)
+    order = np.random.default_rng(0).permutation(len(coco128)).tolist()
+    total = 0
+    for start in range(0, len(order), 16):
+        for image, target in train.__getitems__(order[start:start + 16]):
+            boxes, labels = target["boxes"], target["labels"]
+            assert image.shape == (3, 320, 320) and image.dtype == torch.uint8
+            assert ((boxes >= 0) & (boxes <= 320)).all() and ((boxes[:, 2:] - boxes[:, :2]) >= 2).all()
+            assert ((labels >= 0) & (labels < 80)).all() and len(labels) == len(boxes)
+            total += len(boxes)
+    assert total > 500  # mosaics show most objects, several times over
+    for index in range(0, len(coco128), 16):
+        original = coco128[index][1]["boxes"]
+        _, target = Letterbox(640)(*coco128[index])
+        assert torch.allclose(from_letterbox(target["boxes"], target["letterbox"]), original, atol=1e-4)
 
 
 def test_shapes_set_is_deterministic_and_cached(tmp_path):
