@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     splits = instantiate(cfg.data)
     train = TrainDataset(splits.train, imgsz=cfg.imgsz, seed=cfg.seed, **cfg.augment)
     count = min(int(cfg.get("count", 16)), len(train))
-    items = [train[i] for i in range(count)]
+    items = train.__getitems__(list(range(count)))  # one batch, fetched as a DataLoader worker does
     path = save_grid([image for image, _ in items], [target for _, target in items], list(splits.names),
                      f"{HydraConfig.get().runtime.output_dir}/train_batch.png")
     print(f"wrote {path}")
