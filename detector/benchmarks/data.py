@@ -11,6 +11,9 @@ When ``ultralytics`` is importable (it is not a dependency), YOLOv8's own traini
 images, random perspective, HSV, flip, its albumentations blur/CLAHE at p=0.01) is timed the same
 way, per item as its workers fetch, over a copy of COCO128 (it writes a label cache beside the labels).
 
+Two more rows run the DataLoader itself, with 1 and with min(8, CPU count) worker processes
+(collate and the transfer to the main process included), per worker, to show how it scales.
+
 The machine drifts, so the rows are timed in interleaved rounds and each figure is the median
 over rounds, with the slowest and fastest round beside it.
 Memory: the peak of what one batch allocates (tracemalloc sees numpy and OpenCV arrays) and the
@@ -28,8 +31,10 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import DataLoader
 
 from detector.benchmarks.train import base_dataset, coco128_root
+from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
 
 BATCH_SIZE = 16  # configs/train.yaml's default
@@ -50,6 +55,20 @@ def images_per_second(fetch, length: int, count: int) -> float:
     for batch in batches[1:]:
         fetch(batch)
     return count / (time.perf_counter() - start)
+
+
+def loader_images_per_second(train: TrainDataset, workers: int, count: int) -> float:
+    """Images/s out of a DataLoader with ``workers`` processes (collate and the copy to the main
+    process included), from the first batch received, so worker start-up does not count."""
+    batches = batches_of(len(train), count + BATCH_SIZE * max(workers, 1))
+    loader = DataLoader(train, batch_sampler=batches, num_workers=workers, collate_fn=collate_detection)
+    received = 0
+    for batch in loader:
+        if received == 0:
+            start = time.perf_counter()
+        received += len(batch["images"])
+    first = len(batches[0])
+    return (received - first) / (time.perf_counter() - start)
 
 
 def batch_peak_mb(fetch, length: int) -> float:
@@ -115,6 +134,11 @@ def run(quick: bool = False) -> list[dict]:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for row in rows:
         row["peak_rss_MB_process"] = peak_mb
+    train = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)
+    for workers in sorted({1, min(8, os.cpu_count() or 1)}):
+        rate = loader_images_per_second(train, workers, count * workers)
+        rows.append({"pipeline": f"ours, DataLoader with {workers} worker(s), collated", "data_set": name, "imgsz": 640,
+                     "mosaic": 1.0, "partners": "batch", "images_per_s_per_worker": rate / workers})
     if reference is None and not quick:
         rows.append({"pipeline": "YOLOv8 (ultralytics not installed, or no COCO128: skipped)"})
     return rows
