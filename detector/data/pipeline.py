@@ -9,8 +9,9 @@ drops those mostly cropped away or smaller than 2 px, so no invalid box reaches 
 and HSV are hand-written (detector/data/transforms.py says why); the rest is albumentations.
 
 Mosaic partners: the DataLoader fetches a batch through ``__getitems__``, which by default draws
-the 3 other images of each mosaic from the batch itself, so every image is decoded once per batch
-instead of about 4 times (``mosaic_partners="dataset"`` draws them from the whole data set).
+the 3 other images of each mosaic from the batch itself (3 distinct members other than the image),
+so every image is decoded once per batch instead of about 4 times (``mosaic_partners="dataset"``
+draws them from the whole data set; README, "Benchmarks", has the measured speed and AP of both).
 
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with
 ``(seed, epoch, i)``, and the batches from the sampler seeded with ``(seed, epoch)``, independent
