@@ -105,7 +105,7 @@ def reference_fetch(root: Path, workdir: Path):
 def run(quick: bool = False) -> list[dict]:
     name, dataset = base_dataset()
     count, rounds = (32, 1) if quick else (384, 3)
-    configs = {}  # row label -> (row fields, fetch)
+    configs = {}  # row label -> (row fields, fetch, data set length)
     for imgsz, mosaic, batched in ((640, 1.0, True), (640, 1.0, False), (640, 0.0, True), (320, 1.0, True)):
         train = TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
         fetch = train.__getitems__ if batched else (lambda batch, train=train: [train[i] for i in batch])

@@ -71,9 +71,9 @@ def is_truncated_jpeg(data: np.ndarray) -> bool:
     """A JPEG whose last KiB holds no end-of-image marker: its file was cut short.
 
     OpenCV 4 decodes such a file without an error, filling the missing rows with grey, so boxes
-    on the lost part would point at nothing (OpenCV 5 refuses it). The marker cannot occur inside compressed data
-    (byte stuffing), and looking at the last KiB rather than the last 2 bytes tolerates the
-    padding some cameras write after it.
+    on the lost part would point at nothing (OpenCV 5 refuses it). The marker cannot occur inside
+    compressed data (byte stuffing), and looking at the last KiB rather than the last 2 bytes
+    tolerates the padding some cameras write after it.
     """
     return data[:2].tobytes() == JPEG_START and JPEG_END not in data[-1024:].tobytes()
 
