@@ -83,7 +83,7 @@ def batch_peak_mb(fetch, length: int) -> float:
 
 
 def reference_fetch(root: Path, workdir: Path):
-    """YOLOv8's per-item fetch over a copy of ``root`` at 640, or None without ultralytics."""
+    """(YOLOv8's per-item fetch over a copy of ``root`` at 640, its length), or None without ultralytics."""
     os.environ.setdefault("YOLO_VERBOSE", "False")
     try:
         import yaml
@@ -99,44 +99,40 @@ def reference_fetch(root: Path, workdir: Path):
     dataset = YOLODataset(img_path=str(copy / "images" / "train2017"), imgsz=640, batch_size=BATCH_SIZE, augment=True,
                           hyp=get_cfg(), rect=False, cache=False, single_cls=False, stride=32, pad=0.0, prefix="",
                           task="detect", classes=None, data={"names": names, "nc": len(names), "channels": 3})
-    return dataset, (lambda batch: [dataset[i] for i in batch])
+    return (lambda batch: [dataset[i] for i in batch]), len(dataset)
 
 
 def run(quick: bool = False) -> list[dict]:
     name, dataset = base_dataset()
     count, rounds = (32, 1) if quick else (384, 3)
-    configs = {}  # row label -> (row fields, fetch, data set length)
+    default = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)  # also what the DataLoader rows run
+    timed = []  # (row fields, fetch, data set length), timed in interleaved rounds
     for imgsz, mosaic, batched in ((640, 1.0, True), (640, 1.0, False), (640, 0.0, True), (320, 1.0, True)):
-        train = TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
+        train = default if (imgsz, mosaic) == (640, 1.0) else TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
         fetch = train.__getitems__ if batched else (lambda batch, train=train: [train[i] for i in batch])
-        fields = {"pipeline": "ours", "data_set": name, "imgsz": imgsz, "mosaic": mosaic,
-                  "partners": ("batch" if batched else "dataset") if mosaic else "-"}
-        configs[f"ours {imgsz} {mosaic} {batched}"] = (fields, fetch, len(train))
+        timed.append(({"pipeline": "ours", "data_set": name, "imgsz": imgsz, "mosaic": mosaic,
+                       "partners": ("batch" if batched else "dataset") if mosaic else "-"}, fetch, len(train)))
     workdir = Path(tempfile.mkdtemp(prefix="detector-bench-"))
     try:
         root = coco128_root()
         reference = reference_fetch(root, workdir) if root is not None and not quick else None
         if reference is not None:
-            ref_set, ref_fetch = reference
-            configs["reference"] = ({"pipeline": "YOLOv8 (ultralytics)", "data_set": name, "imgsz": 640, "mosaic": 1.0,
-                                     "partners": "buffer"}, ref_fetch, len(ref_set))
-        rates = {label: [] for label in configs}
+            timed.append(({"pipeline": "YOLOv8 (ultralytics)", "data_set": name, "imgsz": 640, "mosaic": 1.0,
+                           "partners": "buffer"}, *reference))
+        rates = [[] for _ in timed]
         for _ in range(rounds):
-            for label, (_, fetch, length) in configs.items():
-                rates[label].append(images_per_second(fetch, length, count))
-        rows = []
-        for label, (fields, fetch, length) in configs.items():
-            rows.append({**fields, "images_per_s_per_worker": statistics.median(rates[label]),
-                         "slowest_round": min(rates[label]), "fastest_round": max(rates[label]),
-                         "batch_peak_MB": batch_peak_mb(fetch, length)})
+            for rate, (_, fetch, length) in zip(rates, timed):
+                rate.append(images_per_second(fetch, length, count))
+        rows = [{**fields, "images_per_s_per_worker": statistics.median(rate), "slowest_round": min(rate),
+                 "fastest_round": max(rate), "batch_peak_MB": batch_peak_mb(fetch, length)}
+                for rate, (fields, fetch, length) in zip(rates, timed)]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for row in rows:
         row["peak_rss_MB_process"] = peak_mb
-    train = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)
     for workers in sorted({1, min(8, os.cpu_count() or 1)}):
-        rate = loader_images_per_second(train, workers, count * workers)
+        rate = loader_images_per_second(default, workers, count * workers)
         rows.append({"pipeline": f"ours, DataLoader with {workers} worker(s), collated", "data_set": name, "imgsz": 640,
                      "mosaic": 1.0, "partners": "batch", "images_per_s_per_worker": rate / workers})
     if reference is None and not quick:

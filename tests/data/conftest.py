@@ -61,11 +61,10 @@ def yolo_set(tmp_path):
 @pytest.fixture(scope="session")
 def coco128():
     """YoloDetection over ../shared/data/coco128 (or $COCO128); the test skips when it is absent."""
-    import os
-
+    from detector.benchmarks.train import coco128_root
     from detector.data import YoloDetection
 
-    root = Path(os.environ.get("COCO128", Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"))
-    if not (root / "images" / "train2017").is_dir():
-        pytest.skip(f"{root} is absent")
+    root = coco128_root()
+    if root is None:
+        pytest.skip("COCO128 is absent ($COCO128, else ../shared/data/coco128)")
     return YoloDetection(root, "train2017")

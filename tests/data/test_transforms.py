@@ -128,6 +128,11 @@ def test_batch_fetch_decodes_each_image_once_and_draws_partners_from_the_batch(s
         assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
 
 
+def colours_shown(image: torch.Tensor) -> set[tuple[int, int, int]]:
+    """The distinct RGB colours of a uint8 [3, H, W] image, the padding grey left out."""
+    return {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)}
+
+
 def test_batch_mosaic_shows_its_own_image_and_three_other_distinct_batch_members(solid_colours):
     train = TrainDataset(solid_colours, imgsz=64, mosaic=1.0, scale=0.0, translate=0.0, fliplr=0.0,
                          hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
@@ -136,15 +141,15 @@ def test_batch_mosaic_shows_its_own_image_and_three_other_distinct_batch_members
     for epoch in range(4):
         train.set_epoch(epoch)
         for index, (image, _) in zip(batch, train.__getitems__(batch)):
-            shown = {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)}
+            shown = colours_shown(image)
             # the centre lies inside the canvas, so all 4 quadrants are visible: 4 different images
             assert len(shown) == 4 and colour[index] in shown and shown <= {colour[i] for i in batch}
     # a batch too small for 3 distinct partners still makes mosaics, from what it has
     for index, (image, target) in zip([1, 4], train.__getitems__([1, 4])):
-        shown = {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)}
+        shown = colours_shown(image)
         assert shown <= {colour[1], colour[4]} and len(target["boxes"]) >= 1
     (image, _), = train.__getitems__([6])
-    assert {tuple(c) for c in image.reshape(3, -1).T.tolist()} - {(114, 114, 114)} == {colour[6]}
+    assert colours_shown(image) == {colour[6]}
 
 
 def test_data_loader_fetches_batches_the_same_in_any_number_of_workers(solid_colours):
