@@ -9,22 +9,31 @@ Semantics, per real GT:
 - overlap = CIoU(GT, predicted box) clamped at 0; metric = score(GT class)^alpha * overlap^beta,
   both for candidates only (0 elsewhere);
 - the top-k anchors by metric over *all* anchors; a top-k anchor is positive if it is a candidate;
-- an anchor positive for several GTs goes to the claimant with the highest overlap (lowest GT
-  index on a tie);
+- an anchor positive for several GTs (in the top-k of each) goes, with the default
+  ``tie_break="highest_iou_any"`` (YOLOv8's ``select_highest_overlaps``), to the GT of highest
+  overlap among *all* real GTs whose box holds its centre, which may be a GT that did not pick it;
+  that GT gains the anchor as a positive (its metric there enters its normalisation below). With
+  ``tie_break="highest_iou_claimants"`` only the claimants compete. Ties go to the lowest GT index;
 - target score = one-hot(label) * metric * max overlap / (max metric + eps), the maxima taken
   over the GT's final positives, so that its best anchor gets about its best overlap.
-One deliberate difference from the ultralytics code: there a multiply-claimed anchor goes to the
-argmax of the overlap over *all* GTs whose box holds it, which can be a GT that did not pick it in
-its top-k; here only the claimants compete.
+One corner where the default differs from the ultralytics code on purpose: when every GT holding a
+multiply-claimed anchor has CIoU <= 0 (clamped to 0), ultralytics' argmax over a row of zeros falls
+on GT index 0 of the image, whether or not that box holds the anchor or is padding; here the anchor
+goes to the lowest-index GT that holds it. Its target score is 0 in both, and so are its
+classification target and box-loss weight: the losses are the same, only ``labels``, ``bboxes``
+and ``gt_index`` of that score-0 positive differ.
 
 Memory: the plain formulation keeps several B x M x A tensors, which does not fit for crowded
 images (B=16, M=1000, A=8400 is 134 M elements per tensor). Here the R real GTs are processed in
 chunks of rows sized so that a chunk holds at most ``max_chunk_elements`` (row, anchor) entries;
 overlaps and metrics are computed only for candidates, and the positives (at most k per GT) are
-kept as a sparse (GT, anchor) list that is resolved once at the end. Padded rows cost nothing.
+kept as a sparse (GT, anchor) list that is resolved once at the end. For the default tie-break, the
+best overlap over all GTs holding each anchor is kept as a running maximum over the chunks in two
+[B * A] buffers (value and lowest row), so it costs no extra pass. Padded rows cost nothing.
 Every top-k row sees the same values as in the dense form (up to last-bit rounding of the
 elementwise maths), so the result is the same, ties among zero metrics included (the dense
-reference is ``detector/benchmarks/assigner.py``; the tests compare the two).
+reference of the claimants rule is ``detector/benchmarks/assigner.py``; the tests compare the two, and
+the default against a dense form of ultralytics' rule and ultralytics itself when importable).
 
 The helpers at the end (input checks, claim resolution, building the AssignResult from a sparse
 list of pairs) are shared with the ATSS and SimOTA assigners.
@@ -49,7 +58,12 @@ class TaskAlignedAssigner:
         eps: strict-inside margin (px) for candidates and the normalisation's guard.
         max_chunk_elements: bound on (GT row x anchor) entries held at once; sets peak memory
             (about 10 bytes per entry) without changing the result. None: ``default_chunk``.
+        tie_break: who gets an anchor in the top-k of several GTs: ``"highest_iou_any"`` (YOLOv8,
+            the highest CIoU among all GTs that hold it) or ``"highest_iou_claimants"`` (the
+            highest CIoU among the GTs that picked it).
     """
+
+    TIE_BREAKS = ("highest_iou_any", "highest_iou_claimants")
 
     def __init__(
         self,
@@ -59,6 +73,7 @@ class TaskAlignedAssigner:
         beta: float = 6.0,
         eps: float = 1e-9,
         max_chunk_elements: int | None = None,
+        tie_break: str = "highest_iou_any",
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"TaskAlignedAssigner: num_classes must be >= 1, got {num_classes}")
@@ -66,7 +81,11 @@ class TaskAlignedAssigner:
             raise ValueError(f"TaskAlignedAssigner: topk must be >= 1, got {topk}")
         if max_chunk_elements is not None and max_chunk_elements < 1:
             raise ValueError(f"TaskAlignedAssigner: max_chunk_elements must be >= 1, got {max_chunk_elements}")
+        if tie_break not in self.TIE_BREAKS:
+            raise ValueError(f"TaskAlignedAssigner: tie_break must be one of {', '.join(self.TIE_BREAKS)}, "
+                             f"got {tie_break!r}")
         self.num_classes = num_classes
+        self.tie_break = tie_break
         self.topk = topk
         self.alpha = alpha
         self.beta = beta
@@ -75,7 +94,7 @@ class TaskAlignedAssigner:
 
     def __repr__(self) -> str:
         return (f"TaskAlignedAssigner(num_classes={self.num_classes}, topk={self.topk}, "
-                f"alpha={self.alpha}, beta={self.beta}, eps={self.eps})")
+                f"alpha={self.alpha}, beta={self.beta}, eps={self.eps}, tie_break={self.tie_break!r})")
 
     @torch.no_grad()
     def __call__(
@@ -99,6 +118,8 @@ class TaskAlignedAssigner:
         k = min(self.topk, num_anchors)
         chunk = max(1, (self.max_chunk_elements or default_chunk(pred_scores.device)) // num_anchors)
         pos_row, pos_anchor, pos_overlap, pos_metric = [], [], [], []
+        any_gt = self.tie_break == "highest_iou_any"
+        best_overlap = best_row = None  # any_gt: per (image, anchor) [B * A], see track_best_overlap
         for start in range(0, rows.count, chunk):
             stop = min(start + chunk, rows.count)
             boxes, image = rows.boxes[start:stop], rows.image[start:stop]  # [r, 4], [r]
@@ -109,6 +130,12 @@ class TaskAlignedAssigner:
                                   at_least_float32(pred_bboxes[cand_image, cand_anchor]), kind="ciou").clamp_(min=0)
             score = at_least_float32(pred_scores[cand_image, cand_anchor, rows.labels[start:stop][cand_row]])
             metric = score.pow(self.alpha) * overlap.pow(self.beta)  # [candidates]
+            if any_gt:
+                if best_overlap is None:
+                    best_overlap = overlap.new_full((pred_scores.shape[0] * num_anchors,), -1.0)
+                    best_row = torch.full_like(best_overlap, -1, dtype=torch.long)
+                track_best_overlap(best_overlap, best_row, cand_image * num_anchors + cand_anchor,
+                                   cand_row + start, overlap)
 
             dense_metric = torch.zeros(inside.shape, dtype=metric.dtype, device=metric.device)  # [r, A]
             dense_metric[cand_row, cand_anchor] = metric
@@ -125,15 +152,61 @@ class TaskAlignedAssigner:
 
         pos_row, pos_anchor = torch.cat(pos_row), torch.cat(pos_anchor)
         pos_overlap, pos_metric = torch.cat(pos_overlap), torch.cat(pos_metric)
-        keep = resolve_claims(rows.image[pos_row] * num_anchors + pos_anchor, pos_row, pos_overlap)
-        pos_row, pos_anchor = pos_row[keep], pos_anchor[keep]
-        pos_overlap, pos_metric = pos_overlap[keep], pos_metric[keep]
+        anchor_key = rows.image[pos_row] * num_anchors + pos_anchor  # [P]
+        if any_gt:
+            pos_row, pos_anchor, pos_overlap, pos_metric = self._give_to_best_holder(
+                pred_scores, rows, anchor_key, pos_row, pos_anchor, pos_overlap, pos_metric,
+                best_overlap, best_row, num_anchors)
+        else:
+            keep = resolve_claims(anchor_key, pos_row, pos_overlap)
+            pos_row, pos_anchor = pos_row[keep], pos_anchor[keep]
+            pos_overlap, pos_metric = pos_overlap[keep], pos_metric[keep]
 
         # Per-GT maxima over the final positives (both values are >= 0, so 0 is a safe start).
         max_overlap = pos_overlap.new_zeros(rows.count).scatter_reduce_(0, pos_row, pos_overlap, "amax")
         max_metric = pos_metric.new_zeros(rows.count).scatter_reduce_(0, pos_row, pos_metric, "amax")
         quality = pos_metric * max_overlap[pos_row] / (max_metric[pos_row] + self.eps)
         return build_result(pred_scores, gt_bboxes, self.num_classes, rows, pos_row, pos_anchor, quality)
+
+    def _give_to_best_holder(
+        self, pred_scores: Tensor, rows: "GtRows", anchor_key: Tensor, pos_row: Tensor, pos_anchor: Tensor,
+        pos_overlap: Tensor, pos_metric: Tensor, best_overlap: Tensor, best_row: Tensor, num_anchors: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """YOLOv8's rule: a multiply-claimed anchor becomes one positive of the best GT holding it.
+
+        Pairs [P] in, final pairs out: the singly-claimed ones unchanged, then one pair per
+        multiply-claimed anchor with the winner's row, overlap and metric there.
+        """
+        if anchor_key.numel() == 0:
+            return pos_row, pos_anchor, pos_overlap, pos_metric
+        unique_key, slot, counts = anchor_key.unique(return_inverse=True, return_counts=True)  # [U]
+        single = counts[slot] == 1  # [P]
+        multi_key = unique_key[counts > 1]  # [U'] image * A + anchor
+        win_row, win_overlap = best_row[multi_key], best_overlap[multi_key]
+        win_anchor = multi_key % num_anchors
+        score = at_least_float32(pred_scores[rows.image[win_row], win_anchor, rows.labels[win_row]])
+        win_metric = score.pow(self.alpha) * win_overlap.pow(self.beta)  # as in the chunk loop
+        return (torch.cat((pos_row[single], win_row)), torch.cat((pos_anchor[single], win_anchor)),
+                torch.cat((pos_overlap[single], win_overlap)), torch.cat((pos_metric[single], win_metric)))
+
+
+def track_best_overlap(best_overlap: Tensor, best_row: Tensor, key: Tensor, row: Tensor, overlap: Tensor) -> None:
+    """Fold one chunk of candidate pairs into the running best overlap per (image, anchor), in place.
+
+    best_overlap / best_row [B * A] (-1 where no GT holds the anchor yet); key [N] = image * A +
+    anchor, row [N] GT rows, overlap [N]. Chunks come in increasing row order, so a later chunk
+    replaces the holder only with a strictly higher overlap: a tie keeps the lowest row.
+    """
+    if key.numel() == 0:
+        return
+    chunk_best = torch.full_like(best_overlap, -1.0).scatter_reduce_(0, key, overlap, "amax")  # [B * A]
+    big = torch.iinfo(row.dtype).max
+    is_best = overlap == chunk_best[key]
+    first_row = torch.full_like(best_row, big).scatter_reduce_(
+        0, key, torch.where(is_best, row, torch.full_like(row, big)), "amin")  # [B * A]
+    improved = chunk_best > best_overlap
+    best_row.copy_(torch.where(improved, first_row, best_row))
+    torch.maximum(best_overlap, chunk_best, out=best_overlap)
 
 
 # ----------------------------------------------------------------------------------------------

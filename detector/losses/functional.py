@@ -134,6 +134,7 @@ def varifocal_loss(
     targets: Tensor,
     alpha: float = 0.75,
     gamma: float = 2.0,
+    detach_weight: bool = False,
     weight: Tensor | None = None,
     reduction: str = "none",
 ) -> Tensor:
@@ -141,22 +142,32 @@ def varifocal_loss(
 
     VFL = q * BCE(p, q) where q > 0 (positives, weighted by their target score) and
     alpha * p^gamma * BCE(p, 0) where q == 0 (negatives, down-weighted like focal loss),
-    p = sigmoid(logits). The weight q / alpha * p^gamma is detached: it scales the BCE gradient
-    but receives none itself.
+    p = sigmoid(logits).
+
+    Gradient. By default (``detach_weight=False``) the negative weight alpha * p^gamma is part of
+    the loss, as in VarifocalNet's code, mmdetection's ``varifocal_loss`` and ultralytics'
+    ``VarifocalLoss``: on a negative, dVFL/dx = alpha * p^gamma * (p + gamma * (1 - p) * softplus(x)).
+    ``detach_weight=True`` treats the weight as a constant (RT-DETR's form): dVFL/dx =
+    alpha * p^gamma * p. The values are the same; on positives both give q * (p - q).
 
     Args:
         logits: [..., C] raw scores.
         targets: [..., C] IoU-aware scores q in [0, 1] (0 for negatives), same shape as ``logits``.
         alpha: weight of the negatives.
         gamma: focusing parameter of the negatives.
+        detach_weight: detach the negatives' weight alpha * p^gamma from the graph.
         weight: optional, broadcast against the [..., C] loss.
         reduction: "none" -> [..., C]; "sum"; "mean" over the elements.
     """
     _check_reduction(reduction, "varifocal_loss")
     _check_same_shape(logits, targets, "varifocal_loss", "logits and targets")
     x, q = logits.float(), targets.float()
-    with torch.no_grad():
-        focal_weight = torch.where(q > 0, q, alpha * torch.sigmoid(x).pow(gamma))
+    # p^gamma as exp(gamma * log p): finite gradient gamma * (1 - p) * p^gamma even where p
+    # underflows to 0 (pow's gamma * p^(gamma - 1) is inf * 0 there for gamma < 1).
+    negative_weight = alpha * torch.exp(gamma * F.logsigmoid(x))
+    if detach_weight:
+        negative_weight = negative_weight.detach()
+    focal_weight = torch.where(q > 0, q, negative_weight)
     loss = F.binary_cross_entropy_with_logits(x, q, reduction="none") * focal_weight
     return _weight_and_reduce(loss, weight, reduction)
 

@@ -25,14 +25,21 @@ class QualityFocalLoss(nn.Module):
 
 
 class VarifocalLoss(nn.Module):
-    """VarifocalNet loss: positives weighted by their IoU-aware target, negatives by alpha p^gamma."""
+    """VarifocalNet loss: positives weighted by their IoU-aware target, negatives by alpha p^gamma.
 
-    def __init__(self, *, alpha: float = 0.75, gamma: float = 2.0, loss_weight: float = 1.0):
+    ``detach_weight=False`` is the reference gradient (VarifocalNet, mmdetection, ultralytics);
+    ``True`` detaches the negatives' weight (RT-DETR's form). The values are the same.
+    """
+
+    def __init__(self, *, alpha: float = 0.75, gamma: float = 2.0, detach_weight: bool = False,
+                 loss_weight: float = 1.0):
         super().__init__()
         self.alpha, self.gamma, self.loss_weight = alpha, gamma, loss_weight
+        self.detach_weight = detach_weight
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.varifocal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma)
+        return F.varifocal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma,
+                                detach_weight=self.detach_weight)
 
 
 class FocalLoss(nn.Module):

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -139,3 +140,36 @@ def test_coco128_counts(coco128):
     assert len(coco128) == 128
     assert sum(len(s.labels) for s in coco128.samples) == 929
     assert sum(len(s.labels) == 0 for s in coco128.samples) == 2
+
+
+# --- YOLO sets without names: the class count is inferred, and a stray class id is refused ---------
+
+def test_inferred_class_count_is_logged_with_the_empty_classes(yolo_set, caplog):
+    (yolo_set / "labels" / "train" / "b.txt").write_text("3 0.5 0.5 1.0 1.0\n")  # ids 0, 1, 3: class 2 empty
+    with caplog.at_level(logging.INFO, logger="detector"):
+        ds = YoloDetection(yolo_set, "train")
+    assert ds.names == ["class0", "class1", "class2", "class3"]
+    assert "4 classes inferred from the largest class id, 1 of them without instances" in caplog.text
+
+
+def test_class_id_that_leaves_most_classes_empty_names_file_and_line(yolo_set):
+    (yolo_set / "labels" / "train" / "b.txt").write_text("1 0.5 0.5 0.5 0.5\n999 0.5 0.5 1.0 1.0\n")
+    label_file = yolo_set / "labels" / "train" / "b.txt"
+    # ids 0, 1 (a.txt) and 999: 997 of 1000 classes empty
+    with pytest.raises(ValueError, match=re.escape(f"{label_file}:2: class id 999 implies 1000 classes, 997 of them")):
+        YoloDetection(yolo_set, "train")
+    with pytest.raises(ValueError, match="b.txt:2: class id 999"):
+        yolo_splits(str(yolo_set), train_split="train", val_split="train")
+    # with names the line is skipped and reported as before, nothing inferred
+    assert YoloDetection(yolo_set, "train", names=["a", "b"]).names == ["a", "b"]
+
+
+def test_inference_at_the_half_boundary(yolo_set):
+    # ids 0, 1 and 3 of 4 classes: 1 empty, accepted (above); ids 0, 1 and 4 of 5: 2 empty of 5, accepted;
+    # ids 0 and 4 of 5 (b.txt only, a.txt emptied): 3 of 5 empty, refused
+    labels = yolo_set / "labels" / "train"
+    (labels / "b.txt").write_text("4 0.5 0.5 1.0 1.0\n")
+    assert len(YoloDetection(yolo_set, "train").names) == 5
+    (labels / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    with pytest.raises(ValueError, match="b.txt:1: class id 4 implies 5 classes, 3 of them"):
+        YoloDetection(yolo_set, "train")

@@ -101,23 +101,68 @@ def test_quality_focal_loss_is_minimised_at_sigmoid_equal_target(y):
 
 # --- varifocal loss ------------------------------------------------------------------------------
 
-def test_varifocal_loss_branches_and_hand_value():
+def _varifocal_hand_gradient(logits, q, alpha=0.75, gamma=2.0, detach_weight=False):
+    """dVFL/dx written out: positives q (p - q); negatives alpha p^g (p + g (1 - p) softplus(x))."""
+    p = torch.sigmoid(logits)
+    negative = alpha * p**gamma * p  # the BCE(p, 0) gradient p, scaled by the weight
+    if not detach_weight:
+        # d(alpha p^g)/dx = alpha g p^g (1 - p), times BCE(p, 0) = softplus(x)
+        negative = negative + alpha * gamma * p**gamma * (1 - p) * F.softplus(logits)
+    return torch.where(q > 0, q * (p - q), negative)
+
+
+@pytest.mark.parametrize("detach_weight", [False, True])
+def test_varifocal_loss_branches_and_hand_value(detach_weight):
     g = torch.Generator().manual_seed(3)
     logits = (torch.randn(50, generator=g) * 4).requires_grad_(True)
     q = soft_targets((50,), g)
     p = torch.sigmoid(logits.detach())
     bce = F.binary_cross_entropy_with_logits(logits.detach(), q, reduction="none")
     expected = torch.where(q > 0, q * bce, 0.75 * p**2 * bce)
-    out = varifocal_loss(logits, q)
-    torch.testing.assert_close(out, expected)
-    # The weight is detached: the gradient is the weighted BCE gradient.
+    out = varifocal_loss(logits, q, detach_weight=detach_weight)
+    torch.testing.assert_close(out, expected)  # same values either way
     out.sum().backward()
-    weight = torch.where(q > 0, q, 0.75 * p**2)
-    torch.testing.assert_close(logits.grad, weight * (p - q))
+    torch.testing.assert_close(logits.grad, _varifocal_hand_gradient(logits.detach(), q, detach_weight=detach_weight))
 
-    hand = varifocal_loss(torch.tensor([LN3, LN3]), torch.tensor([0.5, 0.0]))
+    hand = varifocal_loss(torch.tensor([LN3, LN3]), torch.tensor([0.5, 0.0]), detach_weight=detach_weight)
     expected = torch.tensor([0.5 * (math.log(4 / 3) + math.log(4)) / 2, 0.75 * 0.75**2 * math.log(4)])
     torch.testing.assert_close(hand, expected)
+
+
+def test_varifocal_loss_reference_gradient_hand_value():
+    # A negative at p = 0.75 (x = ln 3): weight 0.75 * 0.75^2, BCE = ln 4.
+    x = torch.tensor([LN3], requires_grad=True)
+    varifocal_loss(x, torch.zeros(1)).sum().backward()
+    reference = 0.75 * 0.75**2 * (0.75 + 2 * 0.25 * math.log(4))
+    assert x.grad.item() == pytest.approx(reference, rel=1e-6)
+    x = torch.tensor([LN3], requires_grad=True)
+    varifocal_loss(x, torch.zeros(1), detach_weight=True).sum().backward()
+    assert x.grad.item() == pytest.approx(0.75 * 0.75**2 * 0.75, rel=1e-6)
+
+
+def test_varifocal_loss_gradient_is_finite_for_gamma_below_one():
+    # p^gamma's derivative gamma p^(gamma-1) is infinite where p underflows; ours stays finite.
+    x = torch.tensor([-200.0, -20.0, 0.0, 30.0], requires_grad=True)
+    varifocal_loss(x, torch.zeros(4), gamma=0.5).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, _varifocal_hand_gradient(x.detach(), torch.zeros(4), gamma=0.5))
+
+
+def test_varifocal_loss_gradient_matches_ultralytics():
+    try:
+        from ultralytics.utils.loss import VarifocalLoss as UltralyticsVFL
+    except ImportError:
+        pytest.skip("ultralytics is not importable (PYTHONPATH=/work/ultra to run this test)")
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 30, 5, generator=g) * 3
+    q = soft_targets((2, 30, 5), g)
+    ours_x, theirs_x = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    ours = varifocal_loss(ours_x, q).mean(1).sum()  # ultralytics reduces by .mean(1).sum()
+    theirs = UltralyticsVFL()(theirs_x, q, (q > 0).float())
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad)
 
 
 # --- distribution focal loss ---------------------------------------------------------------------
