@@ -1,23 +1,23 @@
-"""Training-pipeline throughput: images/s of one worker at 640 with mosaic, and its peak memory.
+"""Training-pipeline throughput: images/s of one worker at 640 with mosaic, ours beside YOLOv8's.
 
-Runs what one DataLoader worker does, in this process, over COCO128 when ../shared/data/coco128
-(or $COCO128) exists, else over the shapes set: batches of 16 indices in a shuffled order through
-``TrainDataset.__getitems__`` (mosaic partners drawn from the batch, each image decoded once).
-The ``per_item`` row calls ``__getitem__`` once per index instead (partners drawn from the whole
-data set, so a mosaic decodes 4 images: ``augment.mosaic_partners=dataset``).
+Over COCO128 when ../shared/data/coco128 (or $COCO128) exists, else over the shapes set.
 
-When ``ultralytics`` is importable (it is not a dependency), YOLOv8's own training pipeline
-(``YOLODataset`` with its default hyper-parameters at 640: mosaic from a buffer of recently decoded
-images, random perspective, HSV, flip, its albumentations blur/CLAHE at p=0.01) is timed the same
-way, per item as its workers fetch, over a copy of COCO128 (it writes a label cache beside the labels).
+The fair comparison is the ``DataLoader`` rows: each pipeline in one worker process, as its
+trainer builds it (ours: ``TrainDataset`` fetching whole batches through ``__getitems__``, our
+collate; YOLOv8: ``YOLODataset`` with its default training hyper-parameters, its own collate),
+fed the same batches of 16 indices, counting from the first batch received so that worker
+start-up is left out; collate and the copy to the main process are included, as in training.
+Each runs without a cache and with its RAM cache (``cache="ram"`` in both).
 
-Two more rows run the DataLoader itself, with 1 and with min(8, CPU count) worker processes
-(collate and the transfer to the main process included), per worker, to show how it scales.
+The in-process rows run the same fetches in this process, without a DataLoader (no collate, no
+inter-process copy): useful to see the augmentation cost alone, but they leave out what a worker
+pays to hand a batch over, which is not the same for the two (ours sends uint8 images and padded
+targets; YOLOv8 sends a dict it builds in its collate).
 
-The machine drifts, so the rows are timed in interleaved rounds and each figure is the median
-over rounds, with the slowest and fastest round beside it.
-Memory: the peak of what one batch allocates (tracemalloc sees numpy and OpenCV arrays) and the
-process's peak resident size (which includes torch itself).
+When ``ultralytics`` is importable (it is not a dependency), YOLOv8's pipeline runs over a copy of
+COCO128 (it writes a label cache beside the labels). The machine drifts, so the rows are timed in
+interleaved rounds and each figure is the median over rounds, with the slowest and fastest.
+Memory: the peak of what one in-process batch allocates (tracemalloc) and the process's peak RSS.
 """
 from __future__ import annotations
 
@@ -57,16 +57,16 @@ def images_per_second(fetch, length: int, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def loader_images_per_second(train: TrainDataset, workers: int, count: int) -> float:
+def loader_images_per_second(dataset, workers: int, count: int, collate=collate_detection) -> float:
     """Images/s out of a DataLoader with ``workers`` processes (collate and the copy to the main
     process included), from the first batch received, so worker start-up does not count."""
-    batches = batches_of(len(train), count + BATCH_SIZE * max(workers, 1))
-    loader = DataLoader(train, batch_sampler=batches, num_workers=workers, collate_fn=collate_detection)
+    batches = batches_of(len(dataset), count + BATCH_SIZE * max(workers, 1))
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate)
     received = 0
     for batch in loader:
         if received == 0:
             start = time.perf_counter()
-        received += len(batch["images"])
+        received += len(batch["img"] if "img" in batch else batch["images"])
     first = len(batches[0])
     return (received - first) / (time.perf_counter() - start)
 
@@ -82,8 +82,8 @@ def batch_peak_mb(fetch, length: int) -> float:
     return peak / 2**20
 
 
-def reference_fetch(root: Path, workdir: Path):
-    """(YOLOv8's per-item fetch over a copy of ``root`` at 640, its length), or None without ultralytics."""
+def reference_dataset(root: Path, workdir: Path, cache: bool):
+    """YOLOv8's training YOLODataset over a copy of ``root`` at 640, or None without ultralytics."""
     os.environ.setdefault("YOLO_VERBOSE", "False")
     try:
         import yaml
@@ -92,49 +92,75 @@ def reference_fetch(root: Path, workdir: Path):
     except ImportError:
         return None
     copy = workdir / "coco128"
-    shutil.copytree(root / "images", copy / "images")
-    shutil.copytree(root / "labels", copy / "labels", ignore=shutil.ignore_patterns("*.cache"))
+    if not copy.is_dir():
+        shutil.copytree(root / "images", copy / "images")
+        shutil.copytree(root / "labels", copy / "labels", ignore=shutil.ignore_patterns("*.cache"))
     names = yaml.safe_load((root / "coco128.yaml").read_text())["names"] if (root / "coco128.yaml").is_file() \
         else {i: str(i) for i in range(80)}
-    dataset = YOLODataset(img_path=str(copy / "images" / "train2017"), imgsz=640, batch_size=BATCH_SIZE, augment=True,
-                          hyp=get_cfg(), rect=False, cache=False, single_cls=False, stride=32, pad=0.0, prefix="",
-                          task="detect", classes=None, data={"names": names, "nc": len(names), "channels": 3})
-    return (lambda batch: [dataset[i] for i in batch]), len(dataset)
+    return YOLODataset(img_path=str(copy / "images" / "train2017"), imgsz=640, batch_size=BATCH_SIZE, augment=True,
+                       hyp=get_cfg(), rect=False, cache="ram" if cache else False, single_cls=False, stride=32,
+                       pad=0.0, prefix="", task="detect", classes=None,
+                       data={"names": names, "nc": len(names), "channels": 3})
+
+
+def interleaved(timed: list, rounds: int) -> list[list[float]]:
+    """``timed``: (fields, function returning images/s); the rates of each, round after round."""
+    rates = [[] for _ in timed]
+    for _ in range(rounds):
+        for rate, (_, measure) in zip(rates, timed):
+            rate.append(measure())
+    return rates
 
 
 def run(quick: bool = False) -> list[dict]:
     name, dataset = base_dataset()
     count, rounds = (32, 1) if quick else (384, 3)
-    default = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)  # also what the DataLoader rows run
-    timed = []  # (row fields, fetch, data set length), timed in interleaved rounds
-    for imgsz, mosaic, batched in ((640, 1.0, True), (640, 1.0, False), (640, 0.0, True), (320, 1.0, True)):
-        train = default if (imgsz, mosaic) == (640, 1.0) else TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
-        fetch = train.__getitems__ if batched else (lambda batch, train=train: [train[i] for i in batch])
-        timed.append(({"pipeline": "ours", "data_set": name, "imgsz": imgsz, "mosaic": mosaic,
-                       "partners": ("batch" if batched else "dataset") if mosaic else "-"}, fetch, len(train)))
+    default = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)
+    cached = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0, cache="ram")
     workdir = Path(tempfile.mkdtemp(prefix="detector-bench-"))
     try:
         root = coco128_root()
-        reference = reference_fetch(root, workdir) if root is not None and not quick else None
-        if reference is not None:
-            timed.append(({"pipeline": "YOLOv8 (ultralytics)", "data_set": name, "imgsz": 640, "mosaic": 1.0,
-                           "partners": "buffer"}, *reference))
-        rates = [[] for _ in timed]
-        for _ in range(rounds):
-            for rate, (_, fetch, length) in zip(rates, timed):
-                rate.append(images_per_second(fetch, length, count))
-        rows = [{**fields, "images_per_s_per_worker": statistics.median(rate), "slowest_round": min(rate),
-                 "fastest_round": max(rate), "batch_peak_MB": batch_peak_mb(fetch, length)}
-                for rate, (fields, fetch, length) in zip(rates, timed)]
+        references = {} if root is None or quick else {
+            cache: reference_dataset(root, workdir, cache) for cache in (False, True)}
+        references = {k: v for k, v in references.items() if v is not None}
+        # in this process: the augmentation alone
+        in_process = []
+        for imgsz, mosaic, batched, cache in ((640, 1.0, True, "off"), (640, 1.0, True, "ram"), (640, 1.0, False, "off"),
+                                              (640, 0.0, True, "off"), (320, 1.0, True, "off")):
+            train = {"off": default, "ram": cached}[cache] if (imgsz, mosaic) == (640, 1.0) else \
+                TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
+            fetch = train.__getitems__ if batched else (lambda batch, train=train: [train[i] for i in batch])
+            in_process.append(({"pipeline": "ours", "run": "in process", "cache": cache, "imgsz": imgsz, "mosaic": mosaic,
+                                "partners": ("batch" if batched else "dataset") if mosaic else "-"}, fetch, len(train)))
+        for cache, reference in references.items():
+            fetch = lambda batch, reference=reference: [reference[i] for i in batch]  # noqa: E731
+            in_process.append(({"pipeline": "YOLOv8 (ultralytics)", "run": "in process", "cache": "ram" if cache else "off",
+                                "imgsz": 640, "mosaic": 1.0, "partners": "buffer"}, fetch, len(reference)))
+        # one DataLoader worker each, collate and transfer included: the fair comparison
+        loaders = [({"pipeline": "ours", "run": "DataLoader, 1 worker", "cache": cache, "imgsz": 640, "mosaic": 1.0,
+                     "partners": "batch"}, train, collate_detection) for cache, train in (("off", default), ("ram", cached))]
+        loaders += [({"pipeline": "YOLOv8 (ultralytics)", "run": "DataLoader, 1 worker", "cache": "ram" if cache else "off",
+                      "imgsz": 640, "mosaic": 1.0, "partners": "buffer"}, reference, reference.collate_fn)
+                    for cache, reference in references.items()]
+        timed = [(fields, lambda fetch=fetch, length=length: images_per_second(fetch, length, count))
+                 for fields, fetch, length in in_process]
+        timed += [(fields, lambda data=data, collate=collate: loader_images_per_second(data, 1, count, collate))
+                  for fields, data, collate in loaders]
+        rates = interleaved(timed, rounds)
+        rows = [{"data_set": name, **fields, "images_per_s_per_worker": statistics.median(rate),
+                 "slowest_round": min(rate), "fastest_round": max(rate)} for rate, (fields, _) in zip(rates, timed)]
+        for row, (_, fetch, length) in zip(rows, in_process):
+            row["batch_peak_MB"] = batch_peak_mb(fetch, length)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for row in rows:
         row["peak_rss_MB_process"] = peak_mb
-    for workers in sorted({1, min(8, os.cpu_count() or 1)}):
+    workers = min(8, os.cpu_count() or 1)
+    if workers > 1:
         rate = loader_images_per_second(default, workers, count * workers)
-        rows.append({"pipeline": f"ours, DataLoader with {workers} worker(s), collated", "data_set": name, "imgsz": 640,
-                     "mosaic": 1.0, "partners": "batch", "images_per_s_per_worker": rate / workers})
-    if reference is None and not quick:
+        rows.append({"data_set": name, "pipeline": "ours", "run": f"DataLoader, {workers} workers", "cache": "off",
+                     "imgsz": 640, "mosaic": 1.0, "partners": "batch", "images_per_s_per_worker": rate / workers})
+    if not references and not quick:
         rows.append({"pipeline": "YOLOv8 (ultralytics not installed, or no COCO128: skipped)"})
     return rows

@@ -11,11 +11,34 @@ Output dict (B images, M = largest GT count in the batch, possibly 0):
 """
 from __future__ import annotations
 
+import cv2
 import torch
 
 
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """[B, 3, H, W] contiguous. In a DataLoader worker the batch is written straight into shared
+    memory (as torch's default_collate does), so handing it to the main process copies nothing
+    more. The training pipeline hands over HWC images as [3, H, W] views: they are split into
+    planes with cv2.split (0.2 ms at 640 px, where torch.stack's strided copy takes 0.7 ms)."""
+    first = images[0]
+    if torch.utils.data.get_worker_info() is not None:
+        storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(images), *first.shape)
+    else:
+        out = first.new_empty((len(images), *first.shape))
+    planes = out.numpy() if first.dtype == torch.uint8 and first.device.type == "cpu" else None
+    for i, image in enumerate(images):
+        hwc = image.permute(1, 2, 0)
+        if planes is not None and image.shape[0] == 3 and hwc.is_contiguous():
+            for c, plane in enumerate(cv2.split(hwc.numpy())):
+                planes[i, c] = plane
+        else:
+            out[i].copy_(image)
+    return out
+
+
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
-    images = torch.stack([image for image, _ in batch])
+    images = stack_images([image for image, _ in batch])
     size = len(batch)
     max_gt = max((len(t["labels"]) for _, t in batch), default=0)
     boxes = torch.zeros(size, max_gt, 4, dtype=torch.float32)

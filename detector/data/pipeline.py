@@ -1,12 +1,18 @@
 """The YOLOv8 training pipeline: mosaic of 4, random affine, HSV gains, horizontal flip.
 
-Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does), then
-either 4 images are placed around a random centre of an imgsz x imgsz canvas (``mosaic4``) or one
-image is padded to a square (``A.PadIfNeeded``); both continue through
-``A.Affine`` (scale, translate, rotate, shear), ``HSVGains`` (YOLOv8's multiplicative HSV gains
-through lookup tables) and ``A.HorizontalFlip``. ``bbox_params`` clips boxes to the image and
-drops those mostly cropped away or smaller than 2 px, so no invalid box reaches the loss. Mosaic
-and HSV are hand-written (detector/data/transforms.py says why); the rest is albumentations.
+Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does; the
+``cache=ram|disk`` modes keep exactly that, detector/data/cache.py), then either 4 images are
+placed around a random centre of an imgsz x imgsz canvas (mosaic) or one image is centred on it,
+and the canvas goes through a random affine (scale, translate, rotate, shear: YOLOv8's
+random_perspective without perspective), HSV gains (YOLOv8's, through lookup tables) and a
+horizontal flip. Boxes are clipped to the output and dropped when less than 10% of their area
+stays in view or when they end under 2 px wide or high, so no invalid box reaches the loss.
+
+Mosaic and affine are one step (``transforms.warp_placed``): without rotation or shear (the
+default) each image is resized once straight into the output, which costs a fifth of drawing the
+canvas and warping it with cv2.warpAffine; with rotation or shear the canvas is drawn and warped.
+This replaced albumentations' Affine (plus its per-call box bookkeeping) as the largest cost at
+640 px; README "Benchmarks" has the figures.
 
 Mosaic partners: the DataLoader fetches a batch through ``__getitems__``, which by default draws
 the 3 other images of each mosaic from the batch itself (3 distinct members other than the image),
@@ -16,20 +22,20 @@ draws them from the whole data set; README, "Benchmarks", has the measured speed
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with
 ``(seed, epoch, i)``, and the batches from the sampler seeded with ``(seed, epoch)``, independent
 of the worker that runs them and of what it ran before, so a resumed run sees exactly the images
-an uninterrupted one would.
+an uninterrupted one would, with or without a cache.
 """
 from __future__ import annotations
 
 import functools
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detector.data.base import DetectionDataset
-from detector.data.transforms import PAD_VALUE, HSVGains, mosaic4
+from detector.data.base import DetectionDataset, read_resized
+from detector.data.cache import ImageCache, cache_mode
+from detector.data.transforms import affine_matrix, hsv_gains, mosaic_layout, warp_placed
 
 MIN_BOX_SIZE = 2.0  # px: smaller boxes after augmentation are dropped
 
@@ -40,25 +46,16 @@ class TrainDataset(Dataset):
     def __init__(self, dataset: DetectionDataset, imgsz: int = 640, mosaic: float = 1.0, scale: float = 0.5,
                  translate: float = 0.1, degrees: float = 0.0, shear: float = 0.0, fliplr: float = 0.5,
                  hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, mosaic_partners: str = "batch",
-                 seed: int = 0):
+                 seed: int = 0, cache: str = "off"):
         if imgsz % 32:
             raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
         if mosaic_partners not in ("batch", "dataset"):
             raise ValueError(f"augment.mosaic_partners={mosaic_partners!r}: expected 'batch' or 'dataset'")
         self.dataset, self.imgsz, self.seed, self.mosaic_partners = dataset, imgsz, seed, mosaic_partners
         self.mosaic, self.epoch = mosaic, 0
-        common = [
-            A.Affine(scale=(1 - scale, 1 + scale), translate_percent=(-translate, translate), rotate=(-degrees, degrees),
-                     shear=(-shear, shear), border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
-            HSVGains(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v, p=1.0 if max(hsv_h, hsv_s, hsv_v) > 0 else 0.0),
-            A.HorizontalFlip(p=fliplr),
-        ]
-        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_visibility=0.1,
-                                   min_width=MIN_BOX_SIZE, min_height=MIN_BOX_SIZE, filter_invalid_bboxes=True)
-        self.mosaic_pipeline = A.Compose(common, bbox_params=bbox_params)  # after mosaic4
-        self.single_pipeline = A.Compose(  # load_resized already made the longer side imgsz
-            [A.PadIfNeeded(min_height=imgsz, min_width=imgsz, border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
-             *common], bbox_params=bbox_params)
+        self.scale, self.translate, self.degrees, self.shear, self.fliplr = scale, translate, degrees, shear, fliplr
+        self.hsv = (hsv_h, hsv_s, hsv_v)
+        self.cache = ImageCache(dataset, imgsz, cache) if cache_mode(cache) != "off" else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,16 +66,32 @@ class TrainDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resized(self, i: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Image i with its longer side imgsz, and its original (height, width); from the cache
+        when it holds it, else decoded (``read_resized``: the same pixels either way)."""
+        got = self.cache.get(i) if self.cache is not None else None
+        if got is None:
+            got = read_resized(self.dataset.index.path(i), self.imgsz, tuple(int(v) for v in self.dataset.index.sizes[i]))
+        return got
+
     def load_resized(self, index: int) -> dict:
-        """One image resized so its longer side is imgsz, with its boxes, as albumentations wants."""
-        image, sample = self.dataset.load(index)
-        height, width = image.shape[:2]
+        """One image resized so its longer side is imgsz, with its boxes;
+        an image that cannot be decoded is reported once and replaced by the next good one."""
+        dataset = self.dataset
+        for offset in range(len(dataset)):
+            i = (index + offset) % len(dataset)
+            got = None if dataset.is_bad(i) else self.resized(i)
+            if got is not None:
+                break
+            dataset.mark_bad(i)
+        else:
+            raise RuntimeError(f"{dataset.source}: no image could be decoded")
+        image, (height, width) = got
+        sample = dataset.sample(i)
         ratio = self.imgsz / max(height, width)
         boxes = sample.boxes
         if ratio != 1:
-            size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR)
-            boxes = np.clip(boxes * ratio, 0, [size[0], size[1], size[0], size[1]]).astype(np.float32)
+            boxes = np.clip(boxes * ratio, 0, [image.shape[1], image.shape[0]] * 2).astype(np.float32)
         return {"image": image, "bboxes": boxes, "labels": sample.labels, "image_id": sample.image_id,
                 "orig_size": (height, width)}
 
@@ -114,23 +127,30 @@ class TrainDataset(Dataset):
         """Item ``index`` through the pipeline; ``load(i)`` gives ``load_resized(i)``, mosaic
         partners come from ``pool`` (indices), or from the whole data set when it is None."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        imgsz = self.imgsz
         item = load(index)
         if rng.random() < self.mosaic:
             partners = self.draw_partners(index, pool, rng)
             items = [item] + [load(int(j)) for j in partners]
-            centre = tuple(int(v) for v in rng.uniform(0.25 * self.imgsz, 0.75 * self.imgsz, 2))
-            image, boxes, labels = mosaic4([it["image"] for it in items], [it["bboxes"] for it in items],
-                                           [it["labels"] for it in items], self.imgsz, centre)
-            pipeline, inputs = self.mosaic_pipeline, {"image": image, "bboxes": boxes, "labels": labels}
-        else:
-            pipeline, inputs = self.single_pipeline, {"image": item["image"], "bboxes": item["bboxes"],
-                                                      "labels": item["labels"]}
-        pipeline.set_random_seed(int(rng.integers(2**31)))
-        out = pipeline(**inputs)
-        boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
-        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))  # [3, imgsz, imgsz]
-        target = {"boxes": torch.from_numpy(boxes[keep]), "labels": torch.from_numpy(labels[keep]),
+            centre = tuple(int(v) for v in rng.uniform(0.25 * imgsz, 0.75 * imgsz, 2))
+            layout = mosaic_layout([it["image"].shape[:2] for it in items], imgsz, centre)
+        else:  # centred on the canvas, as a padded square
+            items = [item]
+            height, width = item["image"].shape[:2]
+            x0, y0 = (imgsz - width) // 2, (imgsz - height) // 2
+            layout = [(x0, y0, (x0, y0, x0 + width, y0 + height))]
+        matrix = affine_matrix(imgsz, scale=rng.uniform(1 - self.scale, 1 + self.scale),
+                               degrees=rng.uniform(-self.degrees, self.degrees),
+                               shear=tuple(rng.uniform(-self.shear, self.shear, 2)),
+                               translate=tuple(rng.uniform(-self.translate, self.translate, 2) * imgsz))
+        gain = rng.uniform(-1, 1, 3) * np.asarray(self.hsv) + 1
+        colour = functools.partial(hsv_gains, gain=gain) if max(self.hsv) > 0 else None
+        image, boxes, labels = warp_placed([it["image"] for it in items], [it["bboxes"] for it in items],
+                                           [it["labels"] for it in items], layout, matrix, imgsz,
+                                           min_visibility=0.1, min_size=MIN_BOX_SIZE, colour=colour)
+        if rng.random() < self.fliplr:
+            image = cv2.flip(image, 1)
+            boxes = np.stack([imgsz - boxes[:, 2], boxes[:, 1], imgsz - boxes[:, 0], boxes[:, 3]], 1).reshape(-1, 4)
+        target = {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels),
                   "image_id": item["image_id"], "orig_size": item["orig_size"]}
-        return image, target
+        return torch.from_numpy(image).permute(2, 0, 1), target  # [3, imgsz, imgsz], a view: collate copies once

@@ -11,11 +11,12 @@ import random
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
+from detector.data.rect import RectValDataset
 from detector.data.transforms import Letterbox
 from detector.losses.criterion import DetectionCriterion
 
@@ -63,7 +64,7 @@ def build_criterion(cfg: DictConfig, num_classes: int) -> DetectionCriterion:
 
 
 def build_train_set(cfg: DictConfig, dataset) -> TrainDataset:
-    return TrainDataset(dataset, imgsz=cfg.imgsz, seed=cfg.seed, **cfg.augment)
+    return TrainDataset(dataset, imgsz=cfg.imgsz, seed=cfg.seed, cache=cfg.get("cache", "off"), **cfg.augment)
 
 
 def build_train_loader(cfg: DictConfig, train_set, *, epoch: int, rank: int, world_size: int) -> DataLoader:
@@ -80,8 +81,16 @@ def build_train_loader(cfg: DictConfig, train_set, *, epoch: int, rank: int, wor
     )
 
 
-def build_val_loader(cfg: DictConfig, dataset) -> DataLoader:
-    dataset.transforms = Letterbox(cfg.imgsz)
+def build_val_loader(cfg: DictConfig, dataset, rect: bool | None = None) -> DataLoader:
+    """Letterboxed val batches: square imgsz x imgsz, or rectangular (each batch padded to its own
+    shape, detector/data/rect.py) when ``rect`` is true; ``rect=None`` reads ``eval.rect`` (the
+    training config) or ``rect`` (the eval config), false when neither is set."""
+    if rect is None:
+        rect = bool(OmegaConf.select(cfg, "eval.rect", default=None) or cfg.get("rect", False))
+    if rect:
+        dataset = RectValDataset(dataset, cfg.imgsz, cfg.val_batch_size)
+    else:
+        dataset.transforms = Letterbox(cfg.imgsz)
     return DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
                       collate_fn=collate_detection, pin_memory=torch.cuda.is_available())
 

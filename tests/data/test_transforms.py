@@ -37,6 +37,15 @@ def test_collate_pads_and_masks():
     assert empty["boxes"].shape == (1, 0, 4)
 
 
+def test_collate_stacks_hwc_views_and_chw_images_alike():
+    generator = torch.Generator().manual_seed(0)
+    view = torch.randint(0, 256, (5, 7, 3), dtype=torch.uint8, generator=generator).permute(2, 0, 1)  # as the pipeline
+    chw = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8, generator=generator)
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_id": 1, "orig_size": (5, 7)}
+    images = collate_detection([(view, target), (chw, target)])["images"]
+    assert images.is_contiguous() and torch.equal(images, torch.stack([view, chw]))
+
+
 @pytest.fixture
 def rectangles(tmp_path, write_image):
     """Images with one solid red rectangle on grey; labels are the rectangle exactly."""
@@ -243,3 +252,130 @@ def test_hsv_gains_identity_and_yolov8_formula():
     assert np.abs(hsv_out[..., 2] - hsv_in[..., 2] * 0.5).mean() < 1.5
     gains = [HSVGains(0.015, 0.7, 0.4).get_params()["gain"] for _ in range(50)]
     assert all(0.3 <= g[1] <= 1.7 and 0.6 <= g[2] <= 1.4 and abs(g[0] - 1) <= 0.015 for g in gains)
+
+
+def test_rect_batch_shapes_follow_yolov8_val():
+    from detector.data.rect import rect_batch_shapes
+
+    sizes = np.array([(640, 480), (480, 640), (640, 427), (500, 500), (300, 600)])  # (width, height)
+    order, shapes = rect_batch_shapes(sizes, batch_size=2, imgsz=640)
+    assert order.tolist() == [2, 0, 3, 1, 4]  # height / width: 0.667, 0.75, 1, 1.333, 2
+    # wide pair: 0.75 * 640 / 32 + 0.5 = 15.5 -> 16 strides high; a mixed pair: square + half a stride;
+    # a lone tall image: 640 / 2 / 32 + 0.5 = 10.5 -> 11 strides wide
+    assert shapes.tolist() == [[512, 672], [672, 672], [672, 352]]
+
+
+class RedBoxModel(torch.nn.Module):
+    """A 'detector' that boxes the red pixels of each image: position-exact, for mapping tests."""
+
+    def predict(self, images, conf=0.001, iou=0.7, max_det=300):
+        out = []
+        for image in images:  # [3, H, W] in [0, 1]
+            red = (image[0] > 0.8) & (image[1] < 0.3) & (image[2] < 0.3)
+            ys, xs = torch.nonzero(red, as_tuple=True)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            out.append({"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)})
+        return out
+
+
+def test_rect_val_batches_map_back_and_score_like_square_ones(rectangles, tmp_path):
+    from omegaconf import OmegaConf
+
+    from detector.data.yolo import yolo_to_coco
+    from detector.engine.build import build_val_loader
+    from detector.eval.evaluator import evaluate, predict_loader
+
+    ann = yolo_to_coco(tmp_path / "rects", "train", ["rect"], tmp_path / "val.json")
+    cfg = OmegaConf.create({"imgsz": 128, "val_batch_size": 2, "workers": 0, "eval": {"rect": True}})
+    rect_loader = build_val_loader(cfg, rectangles)
+    sizes = {s.image_id: s for s in rectangles.samples}
+    seen = []
+    for batch in rect_loader:
+        height, width = batch["images"].shape[2:]
+        assert height % 32 == 0 and width % 32 == 0 and max(height, width) == 128 + 32  # longer side + margin
+        for boxes, params, image_id in zip(batch["boxes"], batch["letterbox"], batch["image_ids"].tolist()):
+            scale, pad_x, pad_y = params.tolist()
+            original = (boxes[:1] - torch.tensor([pad_x, pad_y] * 2)) / scale
+            assert torch.allclose(original, torch.from_numpy(sizes[image_id].boxes), atol=1e-4)
+            seen.append(image_id)
+    assert sorted(seen) == sorted(sizes) and rect_loader.dataset.shapes.max() <= 128 + 32
+    model = RedBoxModel()
+    rect = predict_loader(model, rect_loader, [1])
+    square = predict_loader(model, build_val_loader(cfg, rectangles, rect=False), [1])
+    by_id = {d["image_id"]: np.array(d["bbox"]) for d in square}
+    for d in rect:  # the same box in original px, up to resampling (about 1 px)
+        np.testing.assert_allclose(np.array(d["bbox"]), by_id[d["image_id"]], atol=1.5)
+    for loader in (rect_loader, build_val_loader(cfg, rectangles, rect=False)):
+        metrics = evaluate(model, loader, ann, [1], progress=False).metrics
+        assert metrics["AP50"] == pytest.approx(1.0) and metrics["AP"] > 0.9
+
+
+def _canvas_then_warp(images, boxes, labels, centre, matrix, imgsz):
+    """The two-step reference: draw the mosaic canvas, warp it with cv2.warpAffine, map box corners."""
+    import cv2
+
+    from detector.data.transforms import PAD_VALUE, mosaic4
+
+    canvas, b, l = mosaic4(images, boxes, labels, imgsz, centre, min_visibility=0.0)
+    out = cv2.warpAffine(canvas, matrix, (imgsz, imgsz), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
+    corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], 1) @ matrix[:, :2].T + matrix[:, 2]
+    return out, np.clip(np.concatenate([corners.min(1), corners.max(1)], 1), 0, imgsz), l
+
+
+@pytest.mark.parametrize("degrees", [0.0, 12.0])
+def test_fused_mosaic_and_affine_match_drawing_the_canvas_then_warping(degrees):
+    from detector.data.transforms import affine_matrix, mosaic_layout, warp_placed
+
+    shapes = [(40, 60), (64, 30), (50, 64), (20, 48)]
+    images = [np.full((h, w, 3), 40 * (k + 1), np.uint8) for k, (h, w) in enumerate(shapes)]
+    boxes = [np.array([[2.0, 3.0, w - 4.0, h - 2.0]], np.float32) for h, w in shapes]
+    labels = [np.array([k]) for k in range(4)]
+    centre, imgsz = (50, 45), 96
+    matrix = affine_matrix(imgsz, scale=1.3, degrees=degrees, shear=(0.0, 0.0), translate=(5.3, -7.1))
+    out, out_boxes, out_labels = warp_placed(images, boxes, labels, mosaic_layout(shapes, imgsz, centre), matrix,
+                                             imgsz, min_visibility=0.0, min_size=0.0)
+    ref, ref_boxes, ref_labels = _canvas_then_warp(images, boxes, labels, centre, matrix, imgsz)
+    different = np.abs(out.astype(int) - ref.astype(int)).max(2) > 2
+    if degrees:  # the warpAffine path: the same computation
+        np.testing.assert_array_equal(out, ref)
+    else:  # one resize per image: the same picture up to the seams' resampling, a pixel wide
+        assert different.mean() < 0.06
+    assert out_labels.tolist() == ref_labels.tolist()
+    np.testing.assert_allclose(out_boxes, ref_boxes, atol=1.0 if not degrees else 1e-3)
+
+
+def test_fused_warp_of_one_centred_image_without_scale_is_a_copy():
+    from detector.data.transforms import PAD_VALUE, affine_matrix, warp_placed
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    box = np.array([[10.0, 5.0, 30.0, 25.0]], np.float32)
+    matrix = affine_matrix(64, scale=1.0, degrees=0.0, shear=(0.0, 0.0), translate=(0.0, 0.0))
+    out, boxes, labels = warp_placed([image], [box], [np.array([3])], [(0, 12, (0, 12, 64, 52))], matrix, 64)
+    np.testing.assert_array_equal(out[12:52], image)
+    assert (out[:12] == PAD_VALUE).all() and (out[52:] == PAD_VALUE).all()
+    assert boxes.tolist() == [[10.0, 17.0, 30.0, 37.0]] and labels.tolist() == [3]
+    # zoomed out by half about the centre: the box shrinks towards (32, 32)
+    half = affine_matrix(64, scale=0.5, degrees=0.0, shear=(0.0, 0.0), translate=(0.0, 0.0))
+    _, boxes, _ = warp_placed([image], [box], [np.array([3])], [(0, 12, (0, 12, 64, 52))], half, 64)
+    np.testing.assert_allclose(boxes, [[21.0, 24.5, 31.0, 34.5]], atol=1e-4)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 12.0])
+def test_colour_applied_while_pasting_equals_colour_applied_after(degrees):
+    import functools
+
+    from detector.data.transforms import affine_matrix, hsv_gains, mosaic_layout, warp_placed
+
+    rng = np.random.default_rng(4)
+    shapes = [(40, 60), (64, 30), (50, 64), (20, 48)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    boxes = [np.array([[2.0, 3.0, w - 4.0, h - 2.0]], np.float32) for h, w in shapes]
+    labels = [np.array([k]) for k in range(4)]
+    colour = functools.partial(hsv_gains, gain=np.array([1.01, 0.6, 1.3]))
+    matrix = affine_matrix(96, scale=0.6, degrees=degrees, shear=(0.0, 0.0), translate=(4.0, -3.0))  # zoomed out
+    layout = mosaic_layout(shapes, 96, (50, 45))
+    plain, plain_boxes, _ = warp_placed(images, boxes, labels, layout, matrix, 96)
+    coloured, coloured_boxes, _ = warp_placed(images, boxes, labels, layout, matrix, 96, colour=colour)
+    # per pixel, up to one grey level: OpenCV's vector and scalar colour conversions round differently
+    assert np.abs(coloured.astype(int) - colour(plain).astype(int)).max() <= (0 if degrees else 1)
+    np.testing.assert_array_equal(coloured_boxes, plain_boxes)
