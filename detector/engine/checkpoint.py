@@ -22,7 +22,7 @@ FORMAT = "detector-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or not one of ours."""
+    """A checkpoint that is missing, truncated, refused (foreign globals, another task) or not one we read."""
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -59,9 +59,18 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
-    """(Detector in eval mode with the checkpoint's inference weights, config dict)."""
+    """(Detector in eval mode with the checkpoint's inference weights, config dict).
+
+    An ultralytics YOLOv8 detection .pt is recognised and imported (detector.interop, no code from
+    the file runs); its config dict holds ``imgsz`` and ``source: "ultralytics"``.
+    """
+    from detector.interop.ultralytics import is_ultralytics_checkpoint, load_ultralytics
     from detector.models.detector import build_model
 
+    if Path(path).is_file() and is_ultralytics_checkpoint(path):
+        model, report = load_ultralytics(path)
+        return model.to(map_location), {"imgsz": report["imgsz"], "source": "ultralytics",
+                                        "model": dict(report["model_args"])}
     state = read_checkpoint(path, map_location)
     model = build_model(**state["model_args"])
     model.load_state_dict(state["model"])

@@ -22,6 +22,7 @@ from detector.engine.checkpoint import capture_rng_state, read_checkpoint, resto
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.logging import NullLogger, RunLogger
 from detector.engine.optim import apply_schedule, build_optimizer
+from detector.engine.pretrained import freeze_layers, load_pretrained
 from detector.engine.validate import validate
 
 log = logging.getLogger("detector")
@@ -58,6 +59,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     splits = instantiate(cfg.data)
     num_classes = len(splits.names)
     model = build.build_model(cfg, num_classes).to(device)
+    if cfg.get("pretrained") and not cfg.resume:  # a resumed run restores its own weights
+        load_pretrained(model, cfg.pretrained, log=log.info if rank == 0 else lambda message: None)
+    if cfg.get("freeze"):
+        log.info("freeze=%s: %d parameter tensors frozen", cfg.freeze, freeze_layers(model, cfg.freeze))
     criterion = build.build_criterion(cfg, num_classes)
     accumulate = build.accumulation_steps(cfg.nbs, cfg.batch_size, world_size)
     weight_decay = cfg.optim.weight_decay * cfg.batch_size * world_size * accumulate / cfg.nbs
