@@ -1,8 +1,12 @@
 """detector: anchor-free YOLOv8/GFL-style object detection, trained from the command line.
 
-Public entry points: ``build_model`` and ``load_checkpoint``; see DESIGN notes in README.md.
+Public entry points: ``Detector`` (the Python API: train/predict/evaluate/export over the same
+Hydra configs as tools/*.py; its ``.model`` is the torch module), ``build_model`` and
+``load_checkpoint`` (which return that module, ``detector.models.Detector``); see README.md.
 """
 from __future__ import annotations
+
+from detector.api import Detector
 
 __version__ = "0.1.0"
 
@@ -15,10 +19,11 @@ def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """(Detector, config dict) from a checkpoint written by the trainer."""
+    """(model: ``detector.models.Detector``, config dict) from a checkpoint written by the trainer,
+    or from an ultralytics YOLOv8 detection .pt (read without running code from it)."""
     from detector.engine.checkpoint import load_checkpoint as _load
 
     return _load(path, map_location=map_location)
 
 
-__all__ = ["build_model", "load_checkpoint", "__version__"]
+__all__ = ["Detector", "build_model", "load_checkpoint", "__version__"]

@@ -51,7 +51,7 @@ def plain_varifocal(logits, targets, alpha=0.75, gamma=2.0):
     p = torch.sigmoid(logits)
     ce = -(targets * torch.log(p) + (1 - targets) * torch.log(1 - p))
     positive = (targets > 0).float()
-    weight = targets * positive + alpha * p.detach() ** gamma * (1 - positive)
+    weight = targets * positive + alpha * p ** gamma * (1 - positive)  # the reference gradient (not detached)
     return weight * ce
 
 

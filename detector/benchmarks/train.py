@@ -1,11 +1,21 @@
-"""Training throughput of model n at 640, batch 8, with the step split into its parts.
+"""Training throughput of model n at 640, batch 8, with the step split into its parts; and ours
+beside YOLOv8n, per training image.
 
-data (TrainDataset with mosaic, one process, per batch), forward, assignment, loss (criterion
-minus assignment), backward, optimizer. Uses COCO128 when ../shared/data/coco128 (or
+The breakdown: data (TrainDataset with mosaic, one process, per batch), forward, assignment, loss
+(criterion minus assignment), backward, optimizer. Uses COCO128 when ../shared/data/coco128 (or
 $COCO128) exists, else the shapes set. Times are medians over the measured steps, in ms.
+
+Side by side (when ``ultralytics`` is importable; it is not a dependency): one training step as
+each framework's trainer makes it, on the same pre-built batches (same images, batch, imgsz and
+threads, data loading excluded): forward, loss with assignment (ours: the default QFL + CIoU + DFL
+criterion with TAL; YOLOv8n: its own v8DetectionLoss, BCE + CIoU + DFL with its TAL), backward,
+gradient clipping at 10, the SGD step (the same three parameter groups for both) and the EMA update.
+The two alternate in interleaved rounds, so drift on a shared machine hits both alike; each figure
+is the median over rounds, with the fastest and slowest round beside it.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -16,6 +26,7 @@ import torch
 from detector.assigners import TaskAlignedAssigner
 from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
+from detector.engine.ema import ModelEMA
 from detector.engine.optim import build_optimizer
 from detector.losses.criterion import DetectionCriterion
 from detector.losses.modules import DistributionFocalLoss, IoULoss, QualityFocalLoss
@@ -55,6 +66,14 @@ def base_dataset():
 
 
 def run(quick: bool = False) -> list[dict]:
+    rows = breakdown(quick)
+    if importlib.util.find_spec("ultralytics") is not None:
+        imgsz, batch_size, rounds, steps = (320, 4, 2, 1) if quick else (640, 8, 5, 2)
+        rows += side_by_side(imgsz=imgsz, batch_size=batch_size, rounds=rounds, steps=steps)
+    return rows
+
+
+def breakdown(quick: bool = False) -> list[dict]:
     imgsz, batch_size = (320, 4) if quick else (640, 8)
     steps, warmup = (2, 1) if quick else (6, 2)
     name, dataset = base_dataset()
@@ -98,4 +117,100 @@ def run(quick: bool = False) -> list[dict]:
     rows.append({"data_set": name, "part": "assignment + loss share of compute",
                  "ms": medians["assignment"] + medians["loss"],
                  "share_of_step": (medians["assignment"] + medians["loss"]) / compute_ms})
+    return rows
+
+
+def sgd(model):
+    """YOLOv8's SGD (lr 0.01, momentum 0.937, Nesterov) over the same three groups for both models."""
+    return build_optimizer(lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.937, nesterov=True), model, 5e-4)
+
+
+def make_batches(dataset, imgsz: int, batch_size: int, count: int) -> list[dict]:
+    """``count`` collated batches of mosaics, built once so that both models see the same pixels."""
+    train_set = TrainDataset(dataset, imgsz=imgsz, seed=0)
+    return [collate_detection([train_set[(b * batch_size + i) % len(train_set)] for i in range(batch_size)])
+            for b in range(count)]
+
+
+def ultralytics_batch(batch: dict, imgsz: int) -> dict:
+    """Our collated batch in YOLOv8's form: ``batch_idx [N]``, ``cls [N, 1]``, ``bboxes [N, 4]``
+    normalised cx cy w h (ours: padded ``boxes [B, M, 4]`` xyxy px with ``gt_mask [B, M]``)."""
+    mask = batch["gt_mask"]  # [B, M]
+    boxes = batch["boxes"][mask]  # [N, 4] xyxy px
+    cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1) / imgsz
+    batch_idx = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask].float()
+    return {"batch_idx": batch_idx, "cls": batch["labels"][mask].float().unsqueeze(1), "bboxes": cxcywh}
+
+
+class OurStep:
+    name = "ours (n)"
+
+    def __init__(self, num_classes: int):
+        self.model = build_model("n", num_classes=num_classes).train()
+        self.criterion = DetectionCriterion(
+            assigner=TaskAlignedAssigner(num_classes=num_classes), cls_loss=QualityFocalLoss(loss_weight=1.5),
+            box_loss=IoULoss(kind="ciou", loss_weight=7.5), dfl_loss=DistributionFocalLoss(loss_weight=1.5))
+        self.optimizer, self.ema = sgd(self.model), ModelEMA(self.model)
+
+    def __call__(self, batch: dict) -> None:
+        images = batch["images"].float() / 255  # [B, 3, H, W]
+        losses = self.criterion(self.model(images), batch["labels"], batch["boxes"], batch["gt_mask"])
+        (losses["loss"] * images.shape[0]).backward()
+        _step(self.model, self.optimizer)
+        self.ema.update(self.model)
+
+
+class UltralyticsStep:
+    name = "YOLOv8n (ultralytics)"
+
+    def __init__(self, num_classes: int, imgsz: int):
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.utils.torch_utils import ModelEMA as UltralyticsEMA
+
+        self.model = DetectionModel("yolov8n.yaml", nc=num_classes, verbose=False).train()
+        self.model.args = get_cfg()  # box 7.5, cls 0.5, dfl 1.5: what its loss reads
+        self.optimizer, self.ema, self.imgsz = sgd(self.model), UltralyticsEMA(self.model), imgsz
+
+    def __call__(self, batch: dict) -> None:
+        images = batch["images"].float() / 255
+        targets = ultralytics_batch(batch, self.imgsz)
+        loss, _ = self.model.loss(targets, self.model(images))
+        loss.sum().backward()  # its trainer's form: the 3 gains applied, times the batch size
+        _step(self.model, self.optimizer)
+        self.ema.update(self.model)
+
+
+def _step(model, optimizer) -> None:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def side_by_side(imgsz: int = 640, batch_size: int = 8, rounds: int = 5, steps: int = 2, warmup: int = 2) -> list[dict]:
+    """Per training image: ours and YOLOv8n in ``rounds`` interleaved rounds of ``steps`` steps each."""
+    name, dataset = base_dataset()
+    num_classes = len(dataset.names)
+    batches = make_batches(dataset, imgsz, batch_size, count=max(steps, warmup))
+    torch.manual_seed(0)
+    contenders = [OurStep(num_classes), UltralyticsStep(num_classes, imgsz)]
+    for contender in contenders:
+        for b in range(warmup):
+            contender(batches[b % len(batches)])
+    per_image = {c.name: [] for c in contenders}  # ms per training image, one value a round
+    for r in range(rounds):
+        for contender in contenders if r % 2 == 0 else contenders[::-1]:
+            start = time.perf_counter()
+            for b in range(steps):
+                contender(batches[b % len(batches)])
+            per_image[contender.name].append((time.perf_counter() - start) * 1000 / (steps * batch_size))
+    setting = f"{name}, imgsz {imgsz}, batch {batch_size}, {torch.get_num_threads()} threads, {rounds} rounds"
+    rows = []
+    for contender in contenders:
+        values = per_image[contender.name]
+        rows.append({"data_set": setting, "part": f"train step per image: {contender.name}",
+                     "ms": statistics.median(values), "share_of_step": f"{min(values):.1f}-{max(values):.1f}"})
+    ours, theirs = (statistics.median(per_image[c.name]) for c in contenders)
+    rows.append({"data_set": setting, "part": "speed ours / YOLOv8n (>1: ours faster)", "ms": theirs / ours,
+                 "share_of_step": ""})
     return rows

@@ -1,0 +1,60 @@
+"""Evaluate a model with the COCO metric from configs/eval.yaml's keys: the one implementation
+behind tools/eval.py and ``detector.Detector.evaluate``.
+
+Without a ``data`` override the checkpoint's own data set (and imgsz) is used, so that
+``ckpt=best.pt`` alone reproduces the run's last validation.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("detector")
+
+
+class EvalDataError(ValueError):
+    """A data set that does not fit the model (another class count)."""
+
+
+def overrides_name_data(overrides) -> bool:
+    """Whether any of the Hydra ``overrides`` (``data=yolo``, ``data.root=...``, ``+data.x=...``) sets the data set."""
+    return any(str(o).split("=")[0].split(".")[0].lstrip("+~") == "data" for o in overrides)
+
+
+def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | os.PathLike, *,
+                         data_given: bool, source: str = "the model"):
+    """Score ``model`` (a fused copy; the argument is left untouched) on the validation split, print
+    the metric and per-class tables and write detections.json, metrics.json and the pictures to
+    ``run_dir``. ``train_cfg``: the checkpoint's config ({} for none). Returns the EvalResult.
+    Raises EvalDataError when the data set's class count is not the model's."""
+    from detector.engine.build import build_val_loader, resolve_device
+    from detector.eval.evaluator import evaluate
+    from detector.eval.report import format_metrics_table, format_per_class_table, write_eval_outputs
+
+    data_cfg = cfg.data if data_given or "data" not in train_cfg else OmegaConf.create(train_cfg["data"])
+    imgsz = cfg.imgsz or train_cfg.get("imgsz", 640)
+    splits = instantiate(data_cfg)
+    if len(splits.names) != model.num_classes:
+        raise EvalDataError(f"{source} predicts {model.num_classes} classes but the data set has "
+                            f"{len(splits.names)} ({', '.join(splits.names[:10])}...); "
+                            "pass the data set it was trained on")
+    loader = build_val_loader(OmegaConf.create({"imgsz": imgsz, "val_batch_size": cfg.batch_size,
+                                                "workers": cfg.workers}), splits.val,
+                              rect=bool(cfg.get("rect", False)))
+    device = resolve_device(cfg.device)
+    fused = copy.deepcopy(model).eval().fuse().to(device)
+    result = evaluate(fused, loader, splits.val_ann_file, list(splits.val.category_ids), device=device,
+                      conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, backend=cfg.backend)
+    if not result.detections:
+        log.warning("the model made no detections above conf=%s on %d images: every metric is 0", cfg.conf,
+                    len(splits.val))
+    print(format_metrics_table(result.metrics))
+    print(format_per_class_table(result.per_class))
+    write_eval_outputs(run_dir, result, list(splits.names))
+    log.info("wrote detections.json, metrics.json and pictures to %s", Path(run_dir))
+    return result
