@@ -250,7 +250,7 @@ def test_matches_ultralytics_task_aligned_assigner(make_batch):
     try:
         from ultralytics.utils.tal import TaskAlignedAssigner as UltralyticsTAL
     except ImportError:
-        pytest.skip("ultralytics is not importable (PYTHONPATH=/work/ultra to run this test)")
+        pytest.skip("ultralytics is not importable (pip install -e '.[compat]' to run this test)")
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 

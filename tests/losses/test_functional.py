@@ -152,7 +152,7 @@ def test_varifocal_loss_gradient_matches_ultralytics():
     try:
         from ultralytics.utils.loss import VarifocalLoss as UltralyticsVFL
     except ImportError:
-        pytest.skip("ultralytics is not importable (PYTHONPATH=/work/ultra to run this test)")
+        pytest.skip("ultralytics is not importable (pip install -e '.[compat]' to run this test)")
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(2, 30, 5, generator=g) * 3
     q = soft_targets((2, 30, 5), g)
