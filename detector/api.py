@@ -139,7 +139,8 @@ class Detector:
         import torchvision
 
         from detector.engine.build import resolve_device
-        from detector.predict import SourceError, TorchPredictor, detection_record, draw, predict_image, resolve_imgsz
+        from detector.predict import (SourceError, TorchPredictor, detection_record, draw, predict_image, resolve_imgsz,
+                                      unique_stem)
 
         cfg, full, run_dir = self._compose("predict", self._own_overrides("predict", kwargs, overrides))
         device = resolve_device(cfg.device)
@@ -167,11 +168,7 @@ class Detector:
                     det["file"] = name
                 results.append(det)
                 if save:
-                    base = Path(name).stem if name else f"image{index}"
-                    stem, n = base, 1
-                    while stem in used:  # two sources with one name (a glob over folders)
-                        stem, n = f"{base}_{n}", n + 1
-                    used.add(stem)
+                    stem = unique_stem(Path(name).stem if name else f"image{index}", used)
                     records.append(detection_record(name or stem, image, det, names))
                     torchvision.io.write_jpeg(draw(image, det, names), str(run_dir / f"{stem}.jpg"), quality=90)
             if not results:

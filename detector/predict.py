@@ -175,6 +175,15 @@ def draw(image: np.ndarray, detections: dict, names: list[str]) -> Tensor:
     return draw_detections(tensor, detections["boxes"], detections["labels"], names, detections["scores"])
 
 
+def unique_stem(base: str, used: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... when two sources share a name (a glob over folders); added to ``used``."""
+    stem, n = base, 1
+    while stem in used:
+        stem, n = f"{base}_{n}", n + 1
+    used.add(stem)
+    return stem
+
+
 def predict_files(predictor, files: list[Path], out_dir: str | os.PathLike, imgsz: int, conf: float = 0.25,
                   iou: float = 0.7, max_det: int = 300, save_images: bool = True) -> list[dict]:
     """Run on every file, save ``<out_dir>/<name>.jpg`` pictures and ``detections.json``.
@@ -196,10 +205,7 @@ def predict_files(predictor, files: list[Path], out_dir: str | os.PathLike, imgs
         detections = predict_image(predictor, image, imgsz, conf, iou, max_det)
         records.append(detection_record(path, image, detections, names))
         if save_images:
-            stem, n = path.stem, 1
-            while stem in used:  # two sources with one name (a glob over folders)
-                stem, n = f"{path.stem}_{n}", n + 1
-            used.add(stem)
+            stem = unique_stem(path.stem, used)
             torchvision.io.write_jpeg(draw(image, detections, names), str(out_dir / f"{stem}.jpg"), quality=90)
     if not records:
         raise SourceError(f"none of the {len(files)} files could be read as an image")
