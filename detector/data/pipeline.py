@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from detector.data.base import DetectionDataset, read_resized
 from detector.data.cache import ImageCache, cache_mode
-from detector.data.transforms import affine_matrix, hsv_gains, mosaic_layout, warp_placed
+from detector.data.transforms import affine_matrix, hsv_gains, hsv_table, mosaic_layout, warp_placed
 
 MIN_BOX_SIZE = 2.0  # px: smaller boxes after augmentation are dropped
 
@@ -144,7 +144,7 @@ class TrainDataset(Dataset):
                                shear=tuple(rng.uniform(-self.shear, self.shear, 2)),
                                translate=tuple(rng.uniform(-self.translate, self.translate, 2) * imgsz))
         gain = rng.uniform(-1, 1, 3) * np.asarray(self.hsv) + 1
-        colour = functools.partial(hsv_gains, gain=gain) if max(self.hsv) > 0 else None
+        colour = functools.partial(hsv_gains, table=hsv_table(gain)) if max(self.hsv) > 0 else None
         image, boxes, labels = warp_placed([it["image"] for it in items], [it["bboxes"] for it in items],
                                            [it["labels"] for it in items], layout, matrix, imgsz,
                                            min_visibility=0.1, min_size=MIN_BOX_SIZE, colour=colour)

@@ -379,3 +379,30 @@ def test_colour_applied_while_pasting_equals_colour_applied_after(degrees):
     # per pixel, up to one grey level: OpenCV's vector and scalar colour conversions round differently
     assert np.abs(coloured.astype(int) - colour(plain).astype(int)).max() <= (0 if degrees else 1)
     np.testing.assert_array_equal(coloured_boxes, plain_boxes)
+
+
+def test_an_enlarged_image_is_coloured_before_its_resize_with_the_same_result_on_smooth_images():
+    import functools
+
+    from detector.data.transforms import affine_matrix, hsv_gains, mosaic_layout, warp_placed
+
+    shapes = [(40, 60), (64, 30), (50, 64), (20, 48)]
+    images = []
+    for k, (h, w) in enumerate(shapes):  # smooth ramps: a bilinear blend of neighbours changes little
+        y, x = np.mgrid[0:h, 0:w]
+        images.append(np.stack([40 + 3 * x, 60 + 2 * y + 10 * k, 200 - 2 * x - y], -1).clip(0, 255).astype(np.uint8))
+    boxes = [np.array([[2.0, 3.0, w - 4.0, h - 2.0]], np.float32) for h, w in shapes]
+    labels = [np.array([k]) for k in range(4)]
+    calls = []
+    gain = np.array([1.01, 0.6, 1.3])
+    colour = lambda part: calls.append(part.shape[:2]) or hsv_gains(part, gain)  # noqa: E731
+    matrix = affine_matrix(96, scale=1.4, degrees=0.0, shear=(0.0, 0.0), translate=(4.0, -3.0))  # zoomed in
+    layout = mosaic_layout(shapes, 96, (50, 45))
+    plain, plain_boxes, _ = warp_placed(images, boxes, labels, layout, matrix, 96)
+    coloured, coloured_boxes, _ = warp_placed(images, boxes, labels, layout, matrix, 96, colour=colour)
+    pasted = sum(h * w for h, w in calls[1:])  # calls[0] is the 1x1 padding colour
+    assert pasted < 96 * 96 / 1.4 ** 2 * 1.1  # about the source pixels, not the 96 x 96 output's
+    difference = np.abs(coloured.astype(int) - hsv_gains(plain, gain).astype(int))
+    # uint8 HSV rounds hue to 2 degrees: a few grey levels at most, under one on average
+    assert difference.mean() < 0.6 and difference.max() <= 6, (difference.mean(), difference.max())
+    np.testing.assert_array_equal(coloured_boxes, plain_boxes)
