@@ -7,8 +7,9 @@ $COCO128) exists, else the shapes set. Times are medians over the measured steps
 
 Side by side (when ``ultralytics`` is importable; it is not a dependency): one training step as
 each framework's trainer makes it, on the same pre-built batches (same images, batch, imgsz and
-threads, data loading excluded): forward, loss with assignment (ours: the default QFL + CIoU + DFL
-criterion with TAL; YOLOv8n: its own v8DetectionLoss, BCE + CIoU + DFL with its TAL), backward,
+threads, data loading excluded): forward, loss with assignment (ours: the default BCE + CIoU + DFL
+criterion with TAL, the model and batch channels-last as our trainer runs them; YOLOv8n: its own
+v8DetectionLoss, BCE + CIoU + DFL with its TAL, on NCHW batches as its collate makes), backward,
 gradient clipping at 10, the SGD step (the same three parameter groups for both) and the EMA update.
 The two alternate in interleaved rounds, so drift on a shared machine hits both alike; each figure
 is the median over rounds, with the fastest and slowest round beside it.
@@ -26,10 +27,11 @@ import torch
 from detector.assigners import TaskAlignedAssigner
 from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
+from detector.engine.build import batch_images
 from detector.engine.ema import ModelEMA
 from detector.engine.optim import build_optimizer
 from detector.losses.criterion import DetectionCriterion
-from detector.losses.modules import DistributionFocalLoss, IoULoss, QualityFocalLoss
+from detector.losses.modules import BCELoss, DistributionFocalLoss, IoULoss
 from detector.models.detector import build_model
 
 PARTS = ("data", "forward", "assignment", "loss", "backward", "optimizer")
@@ -79,9 +81,9 @@ def breakdown(quick: bool = False) -> list[dict]:
     name, dataset = base_dataset()
     train_set = TrainDataset(dataset, imgsz=imgsz, seed=0)
     num_classes = len(dataset.names)
-    model = build_model("n", num_classes=num_classes).train()
+    model = build_model("n", num_classes=num_classes).train().to(memory_format=torch.channels_last)
     assigner = TimedAssigner(TaskAlignedAssigner(num_classes=num_classes))
-    criterion = DetectionCriterion(assigner=assigner, cls_loss=QualityFocalLoss(loss_weight=1.5),
+    criterion = DetectionCriterion(assigner=assigner, cls_loss=BCELoss(loss_weight=0.5),
                                    box_loss=IoULoss(kind="ciou", loss_weight=7.5),
                                    dfl_loss=DistributionFocalLoss(loss_weight=1.5))
     optimizer = build_optimizer(lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.937, nesterov=True), model, 5e-4)
@@ -89,7 +91,7 @@ def breakdown(quick: bool = False) -> list[dict]:
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         batch = collate_detection([train_set[(step * batch_size + i) % len(train_set)] for i in range(batch_size)])
-        images = batch["images"].float() / 255
+        images = batch_images(batch["images"], torch.device("cpu"), torch.channels_last)  # as the trainer
         t1 = time.perf_counter()
         outputs = model(images)
         t2 = time.perf_counter()
@@ -146,14 +148,14 @@ class OurStep:
     name = "ours (n)"
 
     def __init__(self, num_classes: int):
-        self.model = build_model("n", num_classes=num_classes).train()
+        self.model = build_model("n", num_classes=num_classes).train().to(memory_format=torch.channels_last)
         self.criterion = DetectionCriterion(
-            assigner=TaskAlignedAssigner(num_classes=num_classes), cls_loss=QualityFocalLoss(loss_weight=1.5),
+            assigner=TaskAlignedAssigner(num_classes=num_classes), cls_loss=BCELoss(loss_weight=0.5),
             box_loss=IoULoss(kind="ciou", loss_weight=7.5), dfl_loss=DistributionFocalLoss(loss_weight=1.5))
         self.optimizer, self.ema = sgd(self.model), ModelEMA(self.model)
 
     def __call__(self, batch: dict) -> None:
-        images = batch["images"].float() / 255  # [B, 3, H, W]
+        images = batch_images(batch["images"], torch.device("cpu"), torch.channels_last)  # as our trainer
         losses = self.criterion(self.model(images), batch["labels"], batch["boxes"], batch["gt_mask"])
         (losses["loss"] * images.shape[0]).backward()
         _step(self.model, self.optimizer)
@@ -173,7 +175,7 @@ class UltralyticsStep:
         self.optimizer, self.ema, self.imgsz = sgd(self.model), UltralyticsEMA(self.model), imgsz
 
     def __call__(self, batch: dict) -> None:
-        images = batch["images"].float() / 255
+        images = batch["images"].contiguous().float() / 255  # NCHW, as its collate (torch.stack) gives
         targets = ultralytics_batch(batch, self.imgsz)
         loss, _ = self.model.loss(targets, self.model(images))
         loss.sum().backward()  # its trainer's form: the 3 gains applied, times the batch size

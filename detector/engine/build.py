@@ -53,6 +53,18 @@ def build_model(cfg: DictConfig, num_classes: int):
     return instantiate(cfg.model, num_classes=num_classes)
 
 
+def memory_format(cfg: DictConfig) -> torch.memory_format:
+    """``channels_last: true`` (the default) runs the model on NHWC tensors: 1.2x the training
+    step's speed on a CPU (README, Benchmarks), and the layout tensor cores prefer."""
+    return torch.channels_last if cfg.get("channels_last", True) else torch.contiguous_format
+
+
+def batch_images(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """uint8 [B, 3, H, W] from the loader -> float [B, 3, H, W] in [0, 1] on ``device``, in ``layout``
+    (collate already hands channels-last batches over, so that costs no copy by default)."""
+    return images.to(device, non_blocking=True).contiguous(memory_format=layout).float().div_(255)
+
+
 def build_criterion(cfg: DictConfig, num_classes: int) -> DetectionCriterion:
     dfl_loss = instantiate(cfg.dfl_loss) if cfg.get("dfl_loss") else None
     return DetectionCriterion(

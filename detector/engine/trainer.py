@@ -58,7 +58,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     splits = instantiate(cfg.data)
     num_classes = len(splits.names)
-    model = build.build_model(cfg, num_classes).to(device)
+    model = build.build_model(cfg, num_classes).to(device, memory_format=build.memory_format(cfg))
     if cfg.get("pretrained") and not cfg.resume:  # a resumed run restores its own weights
         load_pretrained(model, cfg.pretrained, log=log.info if rank == 0 else lambda message: None)
     if cfg.get("freeze"):
@@ -134,6 +134,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, scaler, state: TrainState, *,
                     epoch: int, accumulate: int, device, dtype, logger, rank: int) -> dict:
     model.train()
+    layout = build.memory_format(cfg)
     batches = len(loader)
     warmup_iters = max(round(cfg.warmup.epochs * batches), cfg.warmup.min_iters)
     sums = {name: 0.0 for name in (*LOSS_NAMES, "loss")}
@@ -150,7 +151,7 @@ def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, sca
         # YOLOv8 ramps the accumulation from 1 to its full value during warmup
         step_every = accumulate if it >= warmup_iters else max(1, round(np.interp(it, [0, warmup_iters], [1, accumulate])))
 
-        images = batch["images"].to(device, non_blocking=True).float() / 255  # [B, 3, H, W] in [0, 1]
+        images = build.batch_images(batch["images"], device, layout)  # [B, 3, H, W] in [0, 1]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(images)
         losses = criterion(outputs, batch["labels"].to(device), batch["boxes"].to(device), batch["gt_mask"].to(device))

@@ -43,7 +43,7 @@ def test_collate_stacks_hwc_views_and_chw_images_alike():
     chw = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8, generator=generator)
     target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_id": 1, "orig_size": (5, 7)}
     images = collate_detection([(view, target), (chw, target)])["images"]
-    assert images.is_contiguous() and torch.equal(images, torch.stack([view, chw]))
+    assert images.is_contiguous(memory_format=torch.channels_last) and torch.equal(images, torch.stack([view, chw]))
 
 
 @pytest.fixture
