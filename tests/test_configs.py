@@ -7,7 +7,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from detector.engine import build
-from detector.engine.optim import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,7 +32,7 @@ def tiny_batch(num_classes=3):
 def one_step(cfg, num_classes=3):
     model = build.build_model(cfg, num_classes)
     criterion = build.build_criterion(cfg, num_classes)
-    optimizer = build_optimizer(instantiate(cfg.optim), model, cfg.optim.weight_decay)
+    optimizer = build.build_optimizer(cfg, model, num_classes, cfg.optim.weight_decay)
     images, boxes, labels, mask = tiny_batch(num_classes)
     model.train()
     losses = criterion(model(images), labels, boxes, mask)
@@ -96,3 +95,23 @@ def test_experiment_recipe_composes():
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(Exception, match="qfl"):
         compose_train(["loss_cls=qfll"])
+
+
+def test_default_recipe_is_yolov8s_auto_recipe():
+    """optimizer=auto on a short run: AdamW at 0.002 x 5 / (4 + classes), bias warmup from 0, 3 warmup
+    epochs capped at epochs - 1, mosaic closed for the last 10 epochs (ultralytics 8.4)."""
+    from detector.engine.optim import auto_warmup_bias_lr, warmup_iterations
+
+    cfg = compose_train([])
+    model = build.build_model(cfg, 6)
+    optimizer = build.build_optimizer(cfg, model, 6, 5e-4)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["lr"] == 0.001
+    assert build.build_optimizer(cfg, model, 80, 5e-4).param_groups[0]["lr"] == 0.000119
+    assert cfg.warmup.bias_lr == "auto" and auto_warmup_bias_lr(optimizer) == 0.0
+    sgd = build.build_optimizer(compose_train(["optim=sgd"]), model, 6, 5e-4)
+    assert sgd.param_groups[0]["lr"] == 0.01 and auto_warmup_bias_lr(sgd) == 0.1
+    assert cfg.close_mosaic == 10 and cfg.warmup.epochs == 3.0 and cfg.warmup.min_iters == 0
+    assert warmup_iterations(3.0, 0, epochs=30, batches=32) == 96
+    assert warmup_iterations(3.0, 0, epochs=2, batches=32) == 32  # at most epochs - 1
+    assert warmup_iterations(3.0, 0, epochs=1, batches=32) == 0
+    assert warmup_iterations(0.5, 30, epochs=4, batches=20) == 30  # the floor

@@ -2,8 +2,9 @@
 
 Each image is first resized so that its longer side is ``imgsz`` (as YOLOv8's loader does; the
 ``cache=ram|disk`` modes keep exactly that, detector/data/cache.py), then either 4 images are
-placed around a random centre of an imgsz x imgsz canvas (mosaic) or one image is centred on it,
-and the canvas goes through a random affine (scale, translate, rotate, shear: YOLOv8's
+placed around a random centre of a 2 imgsz x 2 imgsz canvas, the centre anywhere in its middle
+imgsz square (mosaic, as YOLOv8), or one image is centred on an imgsz square canvas, and the
+canvas goes through a random affine (scale, translate, rotate, shear: YOLOv8's
 random_perspective without perspective), HSV gains (YOLOv8's, through lookup tables) and a
 horizontal flip. Boxes are clipped to the output and dropped when less than 10% of their area
 stays in view or when they end under 2 px wide or high, so no invalid box reaches the loss.
@@ -132,22 +133,24 @@ class TrainDataset(Dataset):
         if rng.random() < self.mosaic:
             partners = self.draw_partners(index, pool, rng)
             items = [item] + [load(int(j)) for j in partners]
-            centre = tuple(int(v) for v in rng.uniform(0.25 * imgsz, 0.75 * imgsz, 2))
-            layout = mosaic_layout([it["image"].shape[:2] for it in items], imgsz, centre)
+            canvas = 2 * imgsz  # YOLOv8's: the centre anywhere in the middle imgsz square
+            centre = tuple(int(v) for v in rng.uniform(0.5 * imgsz, 1.5 * imgsz, 2))
+            layout = mosaic_layout([it["image"].shape[:2] for it in items], canvas, centre)
         else:  # centred on the canvas, as a padded square
-            items = [item]
+            items, canvas = [item], imgsz
             height, width = item["image"].shape[:2]
             x0, y0 = (imgsz - width) // 2, (imgsz - height) // 2
             layout = [(x0, y0, (x0, y0, x0 + width, y0 + height))]
         matrix = affine_matrix(imgsz, scale=rng.uniform(1 - self.scale, 1 + self.scale),
                                degrees=rng.uniform(-self.degrees, self.degrees),
                                shear=tuple(rng.uniform(-self.shear, self.shear, 2)),
-                               translate=tuple(rng.uniform(-self.translate, self.translate, 2) * imgsz))
+                               translate=tuple(rng.uniform(-self.translate, self.translate, 2) * imgsz),
+                               canvas=canvas)
         gain = rng.uniform(-1, 1, 3) * np.asarray(self.hsv) + 1
         colour = functools.partial(hsv_gains, table=hsv_table(gain)) if max(self.hsv) > 0 else None
         image, boxes, labels = warp_placed([it["image"] for it in items], [it["bboxes"] for it in items],
                                            [it["labels"] for it in items], layout, matrix, imgsz,
-                                           min_visibility=0.1, min_size=MIN_BOX_SIZE, colour=colour)
+                                           min_visibility=0.1, min_size=MIN_BOX_SIZE, colour=colour, canvas=canvas)
         if rng.random() < self.fliplr:
             image = cv2.flip(image, 1)
             boxes = np.stack([imgsz - boxes[:, 2], boxes[:, 1], imgsz - boxes[:, 0], boxes[:, 3]], 1).reshape(-1, 4)

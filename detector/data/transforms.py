@@ -162,11 +162,12 @@ def mosaic_layout(shapes: list[tuple[int, int]], imgsz: int, centre: tuple[int, 
 
 
 def affine_matrix(imgsz: int, scale: float, degrees: float, shear: tuple[float, float],
-                  translate: tuple[float, float]) -> np.ndarray:
-    """[2, 3] canvas -> output px: about the centre, rotate by ``degrees`` and scale, shear (x, y
-    degrees), then move by ``translate`` px (YOLOv8's random_perspective without perspective)."""
+                  translate: tuple[float, float], canvas: int | None = None) -> np.ndarray:
+    """[2, 3] canvas -> output px: the canvas centre (``canvas`` px square, default imgsz) to the
+    output's, rotate by ``degrees`` and scale, shear (x, y degrees), then move by ``translate`` px
+    (YOLOv8's random_perspective without perspective; its mosaic canvas is 2 x imgsz)."""
     half = imgsz / 2
-    centre = np.array([[1, 0, -half], [0, 1, -half], [0, 0, 1]])
+    centre = np.array([[1, 0, -(canvas or imgsz) / 2], [0, 1, -(canvas or imgsz) / 2], [0, 0, 1]])
     rotate = np.vstack([cv2.getRotationMatrix2D((0, 0), degrees, scale), [0, 0, 1]])
     shear_m = np.array([[1, np.tan(np.radians(shear[0])), 0], [np.tan(np.radians(shear[1])), 1, 0], [0, 0, 1]])
     back = np.array([[1, 0, half + translate[0]], [0, 1, half + translate[1]], [0, 0, 1]])
@@ -210,10 +211,11 @@ def _axis_aligned_paste(out: np.ndarray, image: np.ndarray, x0: int, y0: int, cr
 
 def warp_placed(images: list[np.ndarray], boxes: list[np.ndarray], labels: list[np.ndarray],
                 layout: list[tuple[int, int, tuple]], matrix: np.ndarray, imgsz: int,
-                min_visibility: float = 0.1, min_size: float = 2.0, colour=None
+                min_visibility: float = 0.1, min_size: float = 2.0, colour=None, canvas: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images placed on a virtual imgsz canvas (``layout``: ``mosaic_layout``'s triples, or one
-    for a single padded image), warped by ``matrix`` into an imgsz x imgsz output, in one step.
+    """Images placed on a virtual ``canvas`` px square canvas (default imgsz; ``layout``:
+    ``mosaic_layout``'s triples, or one for a single padded image), warped by ``matrix`` into an
+    imgsz x imgsz output, in one step.
 
     Without rotation or shear (the default), each image is resized once straight into the output
     (no canvas is drawn); otherwise the canvas is drawn and warped with cv2.warpAffine. Boxes
@@ -244,7 +246,7 @@ def warp_placed(images: list[np.ndarray], boxes: list[np.ndarray], labels: list[
             out_labels.append(np.asarray(label, np.int64).reshape(-1))
         corners_to_boxes = None
     else:
-        canvas_img = np.full((imgsz, imgsz, 3), PAD_VALUE, dtype=np.uint8)
+        canvas_img = np.full((canvas or imgsz, canvas or imgsz, 3), PAD_VALUE, dtype=np.uint8)
         for image, box, label, (x0, y0, crop) in zip(images, boxes, labels, layout):
             if crop is None:
                 continue

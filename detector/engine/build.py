@@ -18,6 +18,8 @@ from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
 from detector.data.rect import RectValDataset
 from detector.data.transforms import Letterbox
+from detector.engine import optim
+from detector.engine.optim import auto_lr
 from detector.losses.criterion import DetectionCriterion
 
 log = logging.getLogger("detector")
@@ -51,6 +53,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def build_model(cfg: DictConfig, num_classes: int):
     return instantiate(cfg.model, num_classes=num_classes)
+
+
+def build_optimizer(cfg: DictConfig, model, num_classes: int, weight_decay: float):
+    """The ``optim`` option's optimiser over YOLOv8's three parameter groups; ``lr: auto`` is
+    YOLOv8's fit for AdamW (``optim.auto_lr``)."""
+    lr = auto_lr(num_classes) if cfg.optim.lr == "auto" else cfg.optim.lr
+    return optim.build_optimizer(instantiate(cfg.optim, lr=lr), model, weight_decay)
 
 
 def memory_format(cfg: DictConfig) -> torch.memory_format:

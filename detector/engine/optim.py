@@ -34,6 +34,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def auto_lr(num_classes: int) -> float:
+    """YOLOv8's ``optimizer=auto`` lr for AdamW: 0.002 x 5 / (4 + classes), to 6 decimals
+    (0.002 at 1 class, 0.001 at 6, 0.000119 at 80)."""
+    return round(0.002 * 5 / (4 + num_classes), 6)
+
+
+def auto_warmup_bias_lr(optimizer: Optimizer) -> float:
+    """YOLOv8's warmup bias lr: 0.1, but 0 under Adam-type optimisers (what its ``optimizer=auto``
+    sets when it picks AdamW: a bias lr of 0.1 would move every bias by about 0.1 a step)."""
+    return 0.0 if any("betas" in group for group in optimizer.param_groups) else 0.1
+
+
+def warmup_iterations(warmup_epochs: float, min_iters: int, epochs: int, batches: int) -> int:
+    """YOLOv8 (8.4): ``warmup_epochs`` capped at ``epochs - 1``, in iterations; at least ``min_iters``."""
+    return max(round(min(warmup_epochs, max(epochs - 1, 0)) * batches), min_iters)
+
+
 def build_optimizer(factory: Callable[..., Optimizer], model: nn.Module, weight_decay: float) -> Optimizer:
     """``factory`` is the partially applied optimiser class from the ``optim`` config option."""
     optimizer = factory(param_groups(model, weight_decay))

@@ -21,7 +21,7 @@ from detector.engine import build, dist
 from detector.engine.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.logging import NullLogger, RunLogger
-from detector.engine.optim import apply_schedule, build_optimizer
+from detector.engine.optim import apply_schedule, auto_warmup_bias_lr, warmup_iterations
 from detector.engine.pretrained import freeze_layers, load_pretrained
 from detector.engine.validate import validate
 
@@ -66,7 +66,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     criterion = build.build_criterion(cfg, num_classes)
     accumulate = build.accumulation_steps(cfg.nbs, cfg.batch_size, world_size)
     weight_decay = cfg.optim.weight_decay * cfg.batch_size * world_size * accumulate / cfg.nbs
-    optimizer = build_optimizer(instantiate(cfg.optim), model, weight_decay)
+    optimizer = build.build_optimizer(cfg, model, num_classes, weight_decay)
     schedule = instantiate(cfg.sched)
     ema = ModelEMA(model, decay=cfg.ema.decay, tau=cfg.ema.tau)
     dtype = amp_dtype(device, cfg.amp)
@@ -88,8 +88,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             "model_args": {"scale": cfg.model.scale, "num_classes": num_classes, "reg_max": cfg.model.reg_max},
             "config": OmegaConf.to_container(cfg, resolve=True)}
     if rank == 0:
-        log.info("run folder: %s | %d train / %d val images, %d classes | device %s x%d | accumulate %d",
-                 run_dir, len(train_set), len(splits.val), num_classes, device, world_size, accumulate)
+        log.info("run folder: %s | %d train / %d val images, %d classes | device %s x%d | accumulate %d | "
+                 "%s lr %g", run_dir, len(train_set), len(splits.val), num_classes, device, world_size, accumulate,
+                 type(optimizer).__name__, optimizer.param_groups[0]["initial_lr"])
 
     metrics: dict = {}
     start = time.time()
@@ -136,7 +137,8 @@ def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, sca
     model.train()
     layout = build.memory_format(cfg)
     batches = len(loader)
-    warmup_iters = max(round(cfg.warmup.epochs * batches), cfg.warmup.min_iters)
+    warmup_iters = warmup_iterations(cfg.warmup.epochs, cfg.warmup.min_iters, cfg.epochs, batches)
+    bias_lr = auto_warmup_bias_lr(optimizer) if cfg.warmup.bias_lr == "auto" else cfg.warmup.bias_lr
     sums = {name: 0.0 for name in (*LOSS_NAMES, "loss")}
     seen, data_time, compute_time = 0, 0.0, 0.0
     bar = tqdm(loader, total=batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not cfg.progress,
@@ -147,7 +149,7 @@ def train_one_epoch(cfg, model, criterion, loader, optimizer, schedule, ema, sca
         data_time += loaded - tick
         it = state.iteration
         apply_schedule(optimizer, schedule, epoch=epoch, iteration=it, epochs=cfg.epochs, warmup_iters=warmup_iters,
-                       warmup_bias_lr=cfg.warmup.bias_lr, warmup_momentum=cfg.warmup.momentum)
+                       warmup_bias_lr=bias_lr, warmup_momentum=cfg.warmup.momentum)
         # YOLOv8 ramps the accumulation from 1 to its full value during warmup
         step_every = accumulate if it >= warmup_iters else max(1, round(np.interp(it, [0, warmup_iters], [1, accumulate])))
 
