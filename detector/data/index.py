@@ -9,11 +9,14 @@ copying them one reference count at a time.
 
 The label cache (``<annotation file>.<key hash>.cache.npz``, like ultralytics' ``labels.cache``)
 holds the index and the bad-input report. Its key is the annotation file's absolute path, size
-and modification time, the options that change the labels and ``FORMAT_VERSION``; a cache whose
-key differs is never used (the file name carries a hash of the key, and the key is checked again
-inside). It is written beside the annotation file, or under ``$DETECTOR_CACHE`` (else
-``~/.cache/detector``) ``/labels`` when that folder is not writable; when neither can be written,
-this is reported once and the data set is used without a cache.
+and modification time, the options that change the labels and ``FORMAT_VERSION``; a data set of
+many files (YOLO's one label file per image) gives instead a ``fingerprint`` of every file's
+path, size and modification time (``files_fingerprint``: one stat per file, nothing read), and
+its ``source`` only names the cache. A cache whose key differs is never used (the file name
+carries a hash of the key, and the key is checked again inside). It is written beside the
+annotation file (or ``source``), or under ``$DETECTOR_CACHE`` (else ``~/.cache/detector``)
+``/labels`` when that folder is not writable; when neither can be written, this is reported once
+and the data set is used without a cache.
 """
 from __future__ import annotations
 
@@ -92,8 +95,28 @@ class FlatIndex:
 
 # --- the label cache ---
 
-def cache_key(source: str | Path, options: dict) -> dict:
-    """What a cache of ``source`` (a file or folder) depends on; raises OSError if it is missing."""
+def files_fingerprint(paths: list[str | Path]) -> str:
+    """A digest of ``paths`` in order with each file's size and modification time: one stat per
+    file, no read; a file that does not exist counts as size and time -1."""
+    stats = np.full((len(paths), 2), -1, np.int64)  # [F, 2] (size, mtime_ns)
+    for i, path in enumerate(paths):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        stats[i] = stat.st_size, stat.st_mtime_ns
+    digest = hashlib.sha1("\0".join(map(os.fspath, paths)).encode("utf-8", "surrogateescape"))
+    digest.update(stats.tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(source: str | Path, options: dict, fingerprint: str | None = None) -> dict:
+    """What a cache of ``source`` (a file or folder) depends on; raises OSError if it is missing.
+    With a ``fingerprint`` (``files_fingerprint`` of the files read) that replaces the source's
+    size and time, and ``source`` need not exist."""
+    if fingerprint is not None:
+        return {"version": FORMAT_VERSION, "source": str(Path(source).resolve()), "fingerprint": fingerprint,
+                "options": options}
     stat = Path(source).stat()
     return {"version": FORMAT_VERSION, "source": str(Path(source).resolve()), "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns, "options": options}
@@ -113,10 +136,11 @@ def _candidates(source: Path, key: dict) -> list[Path]:
     return [cache_path(source, key), cache_path(source, key, user_cache_dir() / "labels")]
 
 
-def load_cache(source: str | Path, options: dict) -> tuple[FlatIndex, dict, dict] | None:
+def load_cache(source: str | Path, options: dict,
+               fingerprint: str | None = None) -> tuple[FlatIndex, dict, dict] | None:
     """(index, problems {kind: [places]}, extra) from a cache that matches, else None."""
     try:
-        key = cache_key(source, options)
+        key = cache_key(source, options, fingerprint)
     except OSError:
         return None
     for path in _candidates(Path(source), key):
@@ -135,10 +159,11 @@ def load_cache(source: str | Path, options: dict) -> tuple[FlatIndex, dict, dict
     return None
 
 
-def save_cache(source: str | Path, options: dict, index: FlatIndex, problems: dict, extra: dict) -> Path | None:
+def save_cache(source: str | Path, options: dict, index: FlatIndex, problems: dict, extra: dict,
+               fingerprint: str | None = None) -> Path | None:
     """Writes the cache atomically beside ``source``, else in the user cache folder; None if
     neither can be written (reported once: the data set works without it)."""
-    key = cache_key(source, options)
+    key = cache_key(source, options, fingerprint)
     meta = json.dumps({"key": key, "root": index.root, "problems": problems, "extra": extra})
     errors = []
     for path in _candidates(Path(source), key):

@@ -7,21 +7,32 @@ Without class names the class count is inferred from the largest class id, and t
 with the number of classes that have no instances; a class id that would leave more than half of
 the inferred classes empty is refused, naming the label file and line (a stray ``999`` line would
 otherwise train a 1000-class model without a word).
+
+The index is a flat index (detector/data/index.py) kept in a label cache like ultralytics'
+``labels.cache``: ``labels/<split>.<key hash>.cache.npz`` (a data.yaml split: beside the folder of
+its first label file, ``<folder>.<split key>.<hash>.cache.npz``). Its key is every image and label
+file's path, size and modification time (one stat per file), the class count and the format
+version; a hit opens no image and reads no label file, and repeats the bad-input report.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from detector.data import data_yaml as dy
-from detector.data.base import DataSplits, DetectionDataset, Problems, Sample, clean_boxes
+from detector.data.base import DataSplits, DetectionDataset, Problems, clean_boxes
+from detector.data.index import FlatIndex, files_fingerprint, load_cache, save_cache
 
 IMAGE_SUFFIXES = dy.IMAGE_SUFFIXES
+# What changes the index besides the files and the class count: part of the label cache's key.
+INDEX_OPTIONS = {"format": "yolo", "min_box_px": 1}
 log = logging.getLogger("detector")
 
 
@@ -46,39 +57,50 @@ def image_size(path: Path) -> tuple[int, int] | None:
 
 
 def parse_label_file(path: Path, width: int, height: int, num_classes: int | None, problems: Problems):
-    """(boxes [N, 4] float32 xyxy px, labels [N] int64, line numbers [N]) of the valid lines."""
-    boxes, labels, numbers = [], [], []
+    """(boxes [N, 4] float32 xyxy px, labels [N] int64, line numbers [N]) of the valid lines.
+
+    The lines are checked one by one in Python and the boxes clipped together (one ``clean_boxes``
+    per file, not one per line); problems are still added in line order."""
+    lines = []  # (line number, "file:line", problem kind or None for the next row of ``candidates``)
+    candidates, classes = [], []  # [K] xyxy px boxes (float64) and class ids of lines that pass the checks
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         where = f"{path.name}:{number}"
         if len(parts) < 5:
-            problems.add("label lines with fewer than 5 fields", where)
+            lines.append((number, where, "label lines with fewer than 5 fields"))
             continue
         try:
             cls, cx, cy, w, h = int(float(parts[0])), *map(float, parts[1:5])
-        except ValueError:
-            problems.add("label lines that are not numbers", where)
+        except (ValueError, OverflowError):  # OverflowError: a class id of inf
+            lines.append((number, where, "label lines that are not numbers"))
             continue
-        if not np.isfinite([cx, cy, w, h]).all():
-            problems.add("label lines with NaN or inf", where)
-            continue
-        if w <= 0 or h <= 0:
-            problems.add("label lines of non-positive size", where)
-            continue
-        if cls < 0 or (num_classes is not None and cls >= num_classes):
-            problems.add(f"label lines with a class id outside [0, {num_classes})", where)
-            continue
-        box = np.array([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-        clipped, valid = clean_boxes(box, width, height)
-        if not valid[0]:
-            problems.add("label lines outside the image", where)
-            continue
-        boxes.append(clipped[0])
-        labels.append(cls)
-        numbers.append(number)
-    return (np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels, dtype=np.int64),
+        if not all(map(math.isfinite, (cx, cy, w, h))):
+            kind = "label lines with NaN or inf"
+        elif w <= 0 or h <= 0:
+            kind = "label lines of non-positive size"
+        elif cls < 0 or (num_classes is not None and cls >= num_classes):
+            kind = f"label lines with a class id outside [0, {num_classes})"
+        else:
+            kind = None
+            candidates.append(((cx - w / 2) * width, (cy - h / 2) * height,
+                               (cx + w / 2) * width, (cy + h / 2) * height))
+            classes.append(cls)
+        lines.append((number, where, kind))
+    clipped, valid = clean_boxes(np.array(candidates, dtype=np.float64).reshape(-1, 4), width, height)
+    keep, numbers, row = [], [], 0
+    for number, where, kind in lines:
+        if kind is None:
+            if valid[row]:
+                keep.append(row)
+                numbers.append(number)
+            else:
+                problems.add("label lines outside the image", where)
+            row += 1
+        else:
+            problems.add(kind, where)
+    return (clipped[keep].reshape(-1, 4), np.array(classes, dtype=np.int64)[keep].reshape(-1),
             np.array(numbers, dtype=np.int64))
 
 
@@ -102,6 +124,38 @@ def infer_names(first_seen: dict[int, str], source: str) -> list[str]:
     return [f"class{i}" for i in range(count)]
 
 
+def read_yolo_index(images: list[str | Path], label_files: list[str | Path], num_classes: int | None,
+                    root: str = "") -> tuple[FlatIndex, dict, dict]:
+    """(index, bad input {kind: [places]}, {"first_seen": [[class id, "file:line"], ...]}) of
+    ``images`` (image id = position in the list) and their label files; ``root``: the folder the
+    index's file names are relative to ("" keeps the paths as given). Opens every image's header."""
+    problems = Problems("")
+    prefix = os.path.join(root, "") if root else ""
+    files, image_ids, sizes, boxes, labels, first_seen = [], [], [], [], [], {}
+    for image_id, (path, label_path) in enumerate(zip(images, label_files)):
+        path, label_path = Path(path), Path(label_path)
+        size = image_size(path)
+        if size is None:
+            problems.add("unreadable images", path.name)
+            continue
+        if label_path.is_file():
+            found, classes, numbers = parse_label_file(label_path, *size, num_classes, problems)
+            if num_classes is None:
+                for label, number in zip(classes.tolist(), numbers.tolist()):
+                    first_seen.setdefault(label, f"{label_path}:{number}")
+        else:  # YOLO's convention for a background image, reported in case the file was lost
+            problems.add("images without a label file (kept as background)", path.name)
+            found, classes = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        name = str(path)
+        files.append(name[len(prefix):] if name.startswith(prefix) else os.path.relpath(name, root))
+        image_ids.append(image_id)
+        sizes.append(size)
+        boxes.append(found)
+        labels.append(classes)
+    index = FlatIndex.from_lists(root, files, image_ids, boxes, labels, sizes=sizes)
+    return index, problems.items, {"first_seen": [[label, where] for label, where in first_seen.items()]}
+
+
 class YoloDetection(DetectionDataset):
     """``YoloDetection(root, split, transforms=None, names=None)`` over ``root/images/<split>``;
     ``YoloDetection.from_images(...)`` over any list of images (a data.yaml's). Class names from
@@ -113,62 +167,82 @@ class YoloDetection(DetectionDataset):
         if not image_dir.is_dir():
             raise FileNotFoundError(f"YOLO data set: no image folder {image_dir}")
         problems = Problems(str(label_dir))
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        stems = {p.stem for p in images}
+        # file names as strings, not Path objects: at 100k images pathlib alone costs a second a start
+        names_found = sorted(n for n in os.listdir(image_dir) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES)
+        stems = [os.path.splitext(n)[0] for n in names_found]
         if label_dir.is_dir():
-            for orphan in sorted(p for p in label_dir.glob("*.txt") if p.stem not in stems):
-                problems.add("label files without an image", orphan.name)
-        self._index(images, [label_dir / f"{p.stem}.txt" for p in images], names, problems, str(image_dir),
-                    transforms)
+            known = set(stems)
+            for orphan in sorted(n for n in os.listdir(label_dir) if n.endswith(".txt") and n[:-4] not in known):
+                problems.add("label files without an image", orphan)
+        image_prefix, label_prefix = os.path.join(image_dir, ""), os.path.join(label_dir, "")
+        images = [image_prefix + n for n in names_found]
+        label_files = [f"{label_prefix}{stem}.txt" for stem in stems]
+        cache_source = label_dir if label_dir.parent.is_dir() else image_dir  # labels/<split>.<hash>.cache.npz
+        self._index(images, label_files, names, problems, str(image_dir), transforms, cache_source,
+                    root=str(image_dir))
 
     @classmethod
     def from_images(cls, images: list[Path], source: str, transforms=None, names: list[str] | None = None,
-                    missing: list[str] = ()) -> "YoloDetection":
+                    missing: list[str] = (), split: str | None = None) -> "YoloDetection":
         """A data set over ``images`` (labels by ultralytics' rule, ``data_yaml.label_path``);
-        ``missing`` (``file:line`` of listed images that do not exist) joins the bad-input report."""
+        ``missing`` (``file:line`` of listed images that do not exist) joins the bad-input report;
+        ``split`` (the data.yaml key) names the label cache, so that two splits never share one."""
         problems = Problems(source)
         for where in missing:
             problems.add("listed images that do not exist", where)
+        images = list(images)
+        label_files = [dy.label_path(p) for p in images]
+        cache_source = None
+        if images:
+            folder = label_files[0].parent if label_files[0].parent.parent.is_dir() else images[0].parent
+            cache_source = folder.with_name(f"{folder.name}.{split}") if split else folder
         dataset = cls.__new__(cls)
-        dataset._index(list(images), [dy.label_path(p) for p in images], names, problems, source, transforms)
+        dataset._index(images, label_files, names, problems, source, transforms, cache_source)
         return dataset
 
-    def _index(self, images: list[Path], label_files: list[Path], names: list[str] | None, problems: Problems,
-               source: str, transforms) -> None:
+    def _index(self, images: list[str | Path], label_files: list[str | Path], names: list[str] | None,
+               problems: Problems, source: str, transforms, cache_source: Path | None, root: str = "") -> None:
         num_classes = len(names) if names else None
-        samples, sizes, first_seen = [], {}, {}
-        for image_id, (path, label_path) in enumerate(zip(images, label_files)):
-            size = image_size(path)
-            if size is None:
-                problems.add("unreadable images", path.name)
-                continue
-            if label_path.is_file():
-                boxes, labels, numbers = parse_label_file(label_path, *size, num_classes, problems)
-                if not names:
-                    for label, number in zip(labels.tolist(), numbers.tolist()):
-                        first_seen.setdefault(label, f"{label_path}:{number}")
-            else:  # YOLO's convention for a background image, reported in case the file was lost
-                problems.add("images without a label file (kept as background)", path.name)
-                boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-            samples.append(Sample(path, image_id, boxes, labels))
-            sizes[image_id] = size
+        options = {**INDEX_OPTIONS, "num_classes": num_classes}
+        listed = images + label_files
+        self.files_digest = files_fingerprint(listed)
+        cached = load_cache(cache_source, options, self.files_digest) if cache_source else None
+        if cached is None:
+            index, found, extra = read_yolo_index(images, label_files, num_classes, root)
+            if cache_source:
+                save_cache(cache_source, options, index, found, extra, self.files_digest)
+        else:
+            index, found, extra = cached
+        for kind, places in found.items():  # after the listing's own (orphans, missing), as when built
+            problems.items.setdefault(kind, []).extend(places)
         problems.report()
         if not names:
-            names = infer_names(first_seen, source)
-        self.image_sizes = sizes  # image_id -> (width, height)
-        self.input_files = list(images) + list(label_files)  # what the cache fingerprint covers
-        super().__init__(samples, names, [i + 1 for i in range(len(names))], source=source, transforms=transforms)
+            names = infer_names({int(label): where for label, where in extra["first_seen"]}, source)
+        # every image listed and its label file (unreadable images too): no Path object per file kept
+        self._input_files = np.array([os.fsencode(p) for p in listed], dtype=bytes)
+        super().__init__(index, names, [i + 1 for i in range(len(names))], source=source, transforms=transforms)
+
+    @cached_property
+    def image_sizes(self) -> dict[int, tuple[int, int]]:
+        """{image_id: (width, height)} of the indexed images, built on first use from ``index.sizes``."""
+        return {int(i): (int(w), int(h)) for i, (w, h) in zip(self.index.image_ids, self.index.sizes)}
+
+    @property
+    def input_files(self) -> list[Path]:
+        """Every image listed, then their label files (present or not): what ``files_digest`` covers."""
+        return [Path(os.fsdecode(p)) for p in self._input_files]
 
 
-def dataset_to_coco(dataset: YoloDetection, out_file: str | Path) -> str:
+def dataset_to_coco(dataset: DetectionDataset, out_file: str | Path) -> str:
     """Write the COCO json of a YOLO data set (image ids and category ids as the data set's)."""
+    index = dataset.index
     images, annotations = [], []
-    for sample in dataset.samples:
-        width, height = dataset.image_sizes[sample.image_id]
-        images.append({"id": sample.image_id, "file_name": sample.path.name, "width": width, "height": height})
-        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist()):
+    for i in range(len(index)):
+        image_id, (width, height) = int(index.image_ids[i]), index.sizes[i].tolist()
+        images.append({"id": image_id, "file_name": index.path(i).name, "width": width, "height": height})
+        for box, label in zip(index.boxes_of(i).tolist(), index.labels_of(i).tolist()):
             w, h = box[2] - box[0], box[3] - box[1]
-            annotations.append({"id": len(annotations) + 1, "image_id": sample.image_id, "category_id": label + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                                 "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(dataset.names)]
     out_file = Path(out_file)
@@ -184,17 +258,6 @@ def yolo_to_coco(root: str | Path, split: str, names: list[str] | None, out_file
     return dataset_to_coco(YoloDetection(root, split, names=names), out_file)
 
 
-def _fingerprint(files: list[Path], names: list[str]) -> str:
-    digest = hashlib.sha1(json.dumps(names).encode())
-    for path in files:
-        try:
-            stat = path.stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        except OSError:
-            digest.update(f"{path}:-".encode())
-    return digest.hexdigest()[:16]
-
-
 def _val_json(val: YoloDetection, root: Path, val_split: str, cache_dir: str | None) -> str:
     """The val split's COCO json, cached under root/annotations_coco until its files change."""
     folder = Path(cache_dir) if cache_dir else root / "annotations_coco"
@@ -206,7 +269,8 @@ def _val_json(val: YoloDetection, root: Path, val_split: str, cache_dir: str | N
     except OSError:  # a read-only data set
         folder = Path(os.environ.get("DETECTOR_CACHE", Path.home() / ".cache" / "detector")) / "yolo_coco"
         folder.mkdir(parents=True, exist_ok=True)
-    ann_file = folder / f"{root.name}_{val_split}_{_fingerprint(val.input_files, val.names)}.json"
+    digest = hashlib.sha1(json.dumps([val.files_digest, val.names]).encode()).hexdigest()[:16]
+    ann_file = folder / f"{root.name}_{val_split}_{digest}.json"
     if not ann_file.is_file():
         dataset_to_coco(val, ann_file)
     return str(ann_file)
@@ -229,9 +293,9 @@ def yolo_splits(root: str | None = None, train_split: str = "train", val_split: 
             names = list(names) if names else data.names
             train_images, val_images = dy.split_images(data, train_split), dy.split_images(data, val_split)
             train = YoloDetection.from_images(train_images.images, f"{data.file} '{train_split}'", names=names,
-                                              missing=train_images.missing)
+                                              missing=train_images.missing, split=train_split)
             val = YoloDetection.from_images(val_images.images, f"{data.file} '{val_split}'", names=names,
-                                            missing=val_images.missing)
+                                            missing=val_images.missing, split=val_split)
             return DataSplits(train=train, val=val, val_ann_file=_val_json(val, data.root, val_split, cache_dir),
                               names=val.names)
         if root is None:
