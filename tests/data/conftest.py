@@ -17,6 +17,14 @@ def write_image(path: Path, width=96, height=64, rect=None, colour=(255, 0, 0), 
     return path
 
 
+@pytest.fixture
+def user_cache(tmp_path, monkeypatch):
+    """$DETECTOR_CACHE in the test's folder, and the once-per-process warnings forgotten."""
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "user_cache"))
+    monkeypatch.setattr("detector.data.index._reported", set())
+    return tmp_path / "user_cache"
+
+
 @pytest.fixture(name="write_image")
 def write_image_fixture():
     """The image writer as a fixture: test modules cannot import conftest under importlib mode."""

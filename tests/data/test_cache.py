@@ -13,11 +13,7 @@ from detector.data.cache import ImageCache, cache_mode
 from detector.data.pipeline import TrainDataset
 
 
-@pytest.fixture(autouse=True)
-def user_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "user_cache"))
-    monkeypatch.setattr("detector.data.index._reported", set())
-    return tmp_path / "user_cache"
+pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a cache folder of its own
 
 
 @pytest.fixture

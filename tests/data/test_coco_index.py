@@ -20,11 +20,7 @@ def counted_reads(monkeypatch):
     return calls
 
 
-@pytest.fixture(autouse=True)
-def user_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "user_cache"))
-    monkeypatch.setattr("detector.data.index._reported", set())
-    return tmp_path / "user_cache"
+pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a cache folder of its own
 
 
 def test_index_is_flat_and_exact(coco_set):

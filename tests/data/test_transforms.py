@@ -410,3 +410,19 @@ def test_an_enlarged_image_is_coloured_before_its_resize_with_the_same_result_on
     # uint8 HSV rounds hue to 2 degrees: a few grey levels at most, under one on average
     assert difference.mean() < 0.6 and difference.max() <= 6, (difference.mean(), difference.max())
     np.testing.assert_array_equal(coloured_boxes, plain_boxes)
+
+
+def test_mosaic_centre_falls_anywhere_in_the_output_as_yolov8s(solid_colours):
+    """YOLOv8 draws the mosaic centre uniformly in the middle imgsz square of a 2 x imgsz canvas, so
+    at scale 1 it lands anywhere in the output (an earlier rule kept it in the middle half)."""
+    train = TrainDataset(solid_colours, imgsz=64, mosaic=1.0, scale=0.0, translate=0.0, fliplr=0.0,
+                         hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    colour = torch.tensor([30.0, 200.0, 10.0])
+    right_edges = []
+    for epoch in range(10):
+        train.set_epoch(epoch)
+        for index, (image, _) in zip(range(8), train.__getitems__(list(range(8)))):
+            own = (image.permute(1, 2, 0).float() == colour * torch.tensor([index, 1, 1])).all(-1)  # [H, W]
+            if own.any():  # the item's own image is the top-left quadrant: it ends at the centre's x
+                right_edges.append(int(own.any(0).nonzero().max()) + 1)
+    assert len(right_edges) >= 70 and min(right_edges) < 13 and max(right_edges) > 51, sorted(right_edges)

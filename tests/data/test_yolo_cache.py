@@ -15,11 +15,7 @@ from detector.data.yolo import INDEX_OPTIONS, YoloDetection, yolo_splits
 INDEX_KEYS = ("files", "image_ids", "sizes", "offsets", "boxes", "labels")
 
 
-@pytest.fixture(autouse=True)
-def user_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "user_cache"))
-    monkeypatch.setattr("detector.data.index._reported", set())
-    return tmp_path / "user_cache"
+pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a cache folder of its own
 
 
 @pytest.fixture
