@@ -6,7 +6,8 @@ placed around a random centre of a 2 imgsz x 2 imgsz canvas, the centre anywhere
 imgsz square (mosaic, as YOLOv8), or one image is centred on an imgsz square canvas, and the
 canvas goes through a random affine (scale, translate, rotate, shear: YOLOv8's
 random_perspective without perspective), HSV gains (YOLOv8's, through lookup tables) and a
-horizontal flip. Boxes are clipped to the output and dropped when less than 10% of their area
+horizontal flip, then (``blur_gray_clahe``, 0.01 in configs/train.yaml) YOLOv8's rare Blur,
+MedianBlur, ToGray and CLAHE. Boxes are clipped to the output and dropped when less than 10% of their area
 stays in view or when they end under 2 px wide or high, so no invalid box reaches the loss.
 
 Mosaic and affine are one step (``transforms.warp_placed``): without rotation or shear (the
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset
 
 from detector.data.base import DetectionDataset, read_resized
 from detector.data.cache import ImageCache, cache_mode
-from detector.data.transforms import affine_matrix, hsv_gains, hsv_table, mosaic_layout, warp_placed
+from detector.data.transforms import affine_matrix, blur_gray_clahe, hsv_gains, hsv_table, mosaic_layout, warp_placed
 
 MIN_BOX_SIZE = 2.0  # px: smaller boxes after augmentation are dropped
 
@@ -47,7 +48,7 @@ class TrainDataset(Dataset):
     def __init__(self, dataset: DetectionDataset, imgsz: int = 640, mosaic: float = 1.0, scale: float = 0.5,
                  translate: float = 0.1, degrees: float = 0.0, shear: float = 0.0, fliplr: float = 0.5,
                  hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, mosaic_partners: str = "batch",
-                 seed: int = 0, cache: str = "off"):
+                 seed: int = 0, cache: str = "off", blur_gray_clahe: float = 0.0):
         if imgsz % 32:
             raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
         if mosaic_partners not in ("batch", "dataset"):
@@ -56,6 +57,7 @@ class TrainDataset(Dataset):
         self.mosaic, self.epoch = mosaic, 0
         self.scale, self.translate, self.degrees, self.shear, self.fliplr = scale, translate, degrees, shear, fliplr
         self.hsv = (hsv_h, hsv_s, hsv_v)
+        self.blur_gray_clahe = blur_gray_clahe
         self.cache = ImageCache(dataset, imgsz, cache) if cache_mode(cache) != "off" else None
 
     def __len__(self) -> int:
@@ -154,6 +156,8 @@ class TrainDataset(Dataset):
         if rng.random() < self.fliplr:
             image = cv2.flip(image, 1)
             boxes = np.stack([imgsz - boxes[:, 2], boxes[:, 1], imgsz - boxes[:, 0], boxes[:, 3]], 1).reshape(-1, 4)
+        if self.blur_gray_clahe > 0:  # after the flip's draw, so that the draws before it are unchanged
+            image = blur_gray_clahe(image, rng, self.blur_gray_clahe)
         target = {"boxes": torch.from_numpy(boxes.astype(np.float32)), "labels": torch.from_numpy(labels),
                   "image_id": item["image_id"], "orig_size": item["orig_size"]}
         return torch.from_numpy(image).permute(2, 0, 1), target  # [3, imgsz, imgsz], a view: collate copies once

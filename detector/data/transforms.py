@@ -273,3 +273,22 @@ def warp_placed(images: list[np.ndarray], boxes: list[np.ndarray], labels: list[
     w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     keep = (w >= min_size) & (h >= min_size) & (w * h >= min_visibility * np.maximum(area, 1e-6))
     return out, clipped[keep].astype(np.float32), labels_all[keep]
+
+
+def blur_gray_clahe(image: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """YOLOv8's albumentations step with its defaults: Blur and MedianBlur (odd kernel 3-7), ToGray
+    and CLAHE (clip 1-4, 8 x 8 tiles, on the L of Lab), each with probability ``p``, drawn from
+    ``rng`` so that a sample stays a function of its seed. HWC uint8 RGB in and out."""
+    draws = rng.random(4)  # always 4 draws: the stream after it does not depend on what fired
+    kernels, clip = rng.choice([3, 5, 7], size=2), rng.uniform(1.0, 4.0)
+    if draws[0] < p:
+        image = cv2.blur(image, (int(kernels[0]),) * 2)
+    if draws[1] < p:
+        image = cv2.medianBlur(np.ascontiguousarray(image), int(kernels[1]))
+    if draws[2] < p:
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    if draws[3] < p:
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+        lab[..., 0] = cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)).apply(np.ascontiguousarray(lab[..., 0]))
+        image = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    return image

@@ -426,3 +426,19 @@ def test_mosaic_centre_falls_anywhere_in_the_output_as_yolov8s(solid_colours):
             if own.any():  # the item's own image is the top-left quadrant: it ends at the centre's x
                 right_edges.append(int(own.any(0).nonzero().max()) + 1)
     assert len(right_edges) >= 70 and min(right_edges) < 13 and max(right_edges) > 51, sorted(right_edges)
+
+
+def test_blur_gray_clahe_fires_each_op_with_its_probability_and_keeps_the_stream():
+    from detector.data.transforms import blur_gray_clahe
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    assert np.array_equal(blur_gray_clahe(image, np.random.default_rng(1), 0.0), image)  # p 0: untouched
+    gray = blur_gray_clahe(image, np.random.default_rng(1), 1.0)  # all four: ends grey (CLAHE keeps a and b)
+    assert gray.shape == image.shape and gray.dtype == np.uint8
+    assert np.abs(gray[..., 0].astype(int) - gray[..., 1]).max() <= 2 and gray.std() < image.std()
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    blur_gray_clahe(image, a, 0.0), blur_gray_clahe(image, b, 1.0)
+    assert a.random() == b.random()  # the same number of draws whatever fired
+    fired = sum(not np.array_equal(blur_gray_clahe(image, np.random.default_rng(s), 0.25), image) for s in range(400))
+    assert 0.6 * 400 * (1 - 0.75 ** 4) < fired < 1.4 * 400 * (1 - 0.75 ** 4)  # P(any of 4) = 0.68
