@@ -5,7 +5,9 @@ R real ground truths of the whole batch (flattened, row-major over (B, M)), A an
 C classes, k the top-k. Boxes are xyxy pixels; anchor points are pixels.
 
 Semantics, per real GT:
-- candidates: anchor centres strictly inside the GT box (all four distances > ``eps``);
+- candidates: anchor centres strictly inside the GT box (all four distances > ``eps``), a box
+  side shorter than ``min_candidate_side`` px counting as that long about its centre (ultralytics
+  8.4: its middle stride, 16, so that a tiny GT still finds candidates; 0 turns it off);
 - overlap = CIoU(GT, predicted box) clamped at 0; metric = score(GT class)^alpha * overlap^beta,
   both for candidates only (0 elsewhere);
 - the top-k anchors by metric over *all* anchors; a top-k anchor is positive if it is a candidate;
@@ -61,6 +63,8 @@ class TaskAlignedAssigner:
         tie_break: who gets an anchor in the top-k of several GTs: ``"highest_iou_any"`` (YOLOv8,
             the highest CIoU among all GTs that hold it) or ``"highest_iou_claimants"`` (the
             highest CIoU among the GTs that picked it).
+        min_candidate_side: px; shorter GT sides are lengthened to it about the box centre when
+            picking candidates (overlaps and targets keep the real box). 0: off.
     """
 
     TIE_BREAKS = ("highest_iou_any", "highest_iou_claimants")
@@ -74,6 +78,7 @@ class TaskAlignedAssigner:
         eps: float = 1e-9,
         max_chunk_elements: int | None = None,
         tie_break: str = "highest_iou_any",
+        min_candidate_side: float = 0.0,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"TaskAlignedAssigner: num_classes must be >= 1, got {num_classes}")
@@ -91,10 +96,12 @@ class TaskAlignedAssigner:
         self.beta = beta
         self.eps = eps
         self.max_chunk_elements = max_chunk_elements
+        self.min_candidate_side = float(min_candidate_side)
 
     def __repr__(self) -> str:
         return (f"TaskAlignedAssigner(num_classes={self.num_classes}, topk={self.topk}, "
-                f"alpha={self.alpha}, beta={self.beta}, eps={self.eps}, tie_break={self.tie_break!r})")
+                f"alpha={self.alpha}, beta={self.beta}, eps={self.eps}, tie_break={self.tie_break!r}, "
+                f"min_candidate_side={self.min_candidate_side})")
 
     @torch.no_grad()
     def __call__(
@@ -123,7 +130,8 @@ class TaskAlignedAssigner:
         for start in range(0, rows.count, chunk):
             stop = min(start + chunk, rows.count)
             boxes, image = rows.boxes[start:stop], rows.image[start:stop]  # [r, 4], [r]
-            inside = points_inside_boxes(anchor_points, boxes, self.eps)  # [r, A] bool
+            inside = points_inside_boxes(anchor_points, lengthen_short_sides(boxes, self.min_candidate_side),
+                                         self.eps)  # [r, A] bool
             cand_row, cand_anchor = inside.nonzero(as_tuple=True)  # row-major: sorted keys
             cand_image = image[cand_row]
             overlap = aligned_iou(at_least_float32(boxes[cand_row]),
@@ -239,6 +247,16 @@ def default_chunk(device: torch.device) -> int:
 def at_least_float32(tensor: Tensor) -> Tensor:
     """Half-precision inputs (AMP) are promoted: score^alpha * IoU^beta underflows in fp16."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def lengthen_short_sides(boxes: Tensor, min_side: float) -> Tensor:
+    """[R, 4] xyxy with every side shorter than ``min_side`` lengthened to it about the centre
+    (through centre and size, as ultralytics 8.4 computes it); the boxes as they are when 0."""
+    if min_side <= 0:
+        return boxes
+    centre, size = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    size = torch.where(size < min_side, torch.full_like(size, min_side), size)
+    return torch.cat((centre - size / 2, centre + size / 2), dim=1)
 
 
 def points_inside_boxes(points: Tensor, boxes: Tensor, eps: float) -> Tensor:

@@ -246,7 +246,8 @@ def test_rules_differ_on_crowded_random_inputs():
     assert 0 < moved < 0.05 * int(results[0].fg_mask.sum())
 
 
-def test_matches_ultralytics_task_aligned_assigner(make_batch):
+@pytest.mark.parametrize("min_side", [16.0, 0.0])
+def test_matches_ultralytics_task_aligned_assigner(make_batch, min_side):
     try:
         from ultralytics.utils.tal import TaskAlignedAssigner as UltralyticsTAL
     except ImportError:
@@ -255,10 +256,12 @@ def test_matches_ultralytics_task_aligned_assigner(make_batch):
     from omegaconf import OmegaConf
 
     config = OmegaConf.load(Path(__file__).parents[2] / "configs" / "assigner" / "tal.yaml")
-    ours_assigner = instantiate(config, num_classes=6)  # assigner=tal as the CLI builds it
-    # stride=[0]: no enlarging of GT sides below a stride (ultralytics 8.4 grows candidate boxes
-    # smaller than its middle stride to that stride; ours takes the box as it is).
-    theirs_assigner = UltralyticsTAL(topk=10, num_classes=6, alpha=0.5, beta=6.0, stride=[0])
+    # assigner=tal as the CLI builds it: GT sides under 16 px lengthened for candidates, as ultralytics 8.4
+    # does with its middle stride (stride=[8, 16, 32]); 0 / stride=[0]: the boxes as they are
+    ours_assigner = instantiate(config, num_classes=6, min_candidate_side=min_side)
+    assert config.min_candidate_side == 16
+    theirs_assigner = UltralyticsTAL(topk=10, num_classes=6, alpha=0.5, beta=6.0,
+                                     stride=[8, 16, 32] if min_side else [0])
     checked = 0
     for seed in range(4):
         inputs = make_batch(3, 25, 6, [(16, 16), (8, 8), (4, 4)], [8, 16, 32], 128, seed=seed)
@@ -341,3 +344,22 @@ def test_bad_input_is_named():
         TaskAlignedAssigner(num_classes=2)(torch.rand(1, 9, 2), torch.rand(1, 9, 4), POINTS,
                                            torch.full((1, 1), 5), torch.rand(1, 1, 4),
                                            torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_short_sides_are_lengthened_for_candidates_only():
+    from detector.assigners.tal import lengthen_short_sides
+
+    boxes = torch.tensor([[10.0, 20.0, 14.0, 60.0], [0.0, 0.0, 40.0, 40.0]])  # the first 4 px wide
+    torch.testing.assert_close(lengthen_short_sides(boxes, 16.0), torch.tensor([[4.0, 20.0, 20.0, 60.0],
+                                                                                [0.0, 0.0, 40.0, 40.0]]))
+    assert lengthen_short_sides(boxes, 0.0) is boxes
+    # a 4 x 4 GT between anchor centres (stride 8 grid at 4, 12, ...) holds none: no positive without the rule
+    points = torch.tensor([[x, y] for y in (4.0, 12.0, 20.0) for x in (4.0, 12.0, 20.0)])
+    scores = torch.full((1, 9, 2), 0.5)
+    preds = torch.tensor([[5.0, 5.0, 11.0, 11.0]]).repeat(1, 9, 1)
+    args = dict(pred_scores=scores, pred_bboxes=preds, anchor_points=points, gt_labels=torch.tensor([[1]]),
+                gt_bboxes=torch.tensor([[[6.0, 6.0, 10.0, 10.0]]]), gt_mask=torch.tensor([[True]]))
+    assert not TaskAlignedAssigner(num_classes=2, topk=4)(**args).fg_mask.any()
+    result = TaskAlignedAssigner(num_classes=2, topk=4, min_candidate_side=16.0)(**args)
+    assert result.fg_mask[0].nonzero().flatten().tolist() == [0, 1, 3, 4]  # centres 4 and 12 inside [0, 16]
+    torch.testing.assert_close(result.bboxes[0, 0], torch.tensor([6.0, 6.0, 10.0, 10.0]))  # the real box as target
