@@ -115,8 +115,8 @@ def interleaved(timed: list, rounds: int) -> list[list[float]]:
 def run(quick: bool = False) -> list[dict]:
     name, dataset = base_dataset()
     count, rounds = (32, 1) if quick else (384, 3)
-    default = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0)
-    cached = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0, cache="ram")
+    default = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0, blur_gray_clahe=0.01)  # as configs/train.yaml
+    cached = TrainDataset(dataset, imgsz=640, mosaic=1.0, seed=0, cache="ram", blur_gray_clahe=0.01)
     workdir = Path(tempfile.mkdtemp(prefix="detector-bench-"))
     try:
         root = coco128_root()
@@ -128,7 +128,7 @@ def run(quick: bool = False) -> list[dict]:
         for imgsz, mosaic, batched, cache in ((640, 1.0, True, "off"), (640, 1.0, True, "ram"), (640, 1.0, False, "off"),
                                               (640, 0.0, True, "off"), (320, 1.0, True, "off")):
             train = {"off": default, "ram": cached}[cache] if (imgsz, mosaic) == (640, 1.0) else \
-                TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0)
+                TrainDataset(dataset, imgsz=imgsz, mosaic=mosaic, seed=0, blur_gray_clahe=0.01)
             fetch = train.__getitems__ if batched else (lambda batch, train=train: [train[i] for i in batch])
             in_process.append(({"pipeline": "ours", "run": "in process", "cache": cache, "imgsz": imgsz, "mosaic": mosaic,
                                 "partners": ("batch" if batched else "dataset") if mosaic else "-"}, fetch, len(train)))
