@@ -161,7 +161,7 @@ def test_ctrl_c_writes_last_pt_before_exiting(tmp_path):
     import time
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *tiny_args(tmp_path, run_dir, "epochs=50")]
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *tiny_args(tmp_path, run_dir, "epochs=5000")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
