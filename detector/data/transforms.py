@@ -279,8 +279,8 @@ def blur_gray_clahe(image: np.ndarray, rng: np.random.Generator, p: float) -> np
     """YOLOv8's albumentations step with its defaults: Blur and MedianBlur (odd kernel 3-7), ToGray
     and CLAHE (clip 1-4, 8 x 8 tiles, on the L of Lab), each with probability ``p``, drawn from
     ``rng`` so that a sample stays a function of its seed. HWC uint8 RGB in and out."""
-    draws = rng.random(4)  # always 4 draws: the stream after it does not depend on what fired
-    kernels, clip = rng.choice([3, 5, 7], size=2), rng.uniform(1.0, 4.0)
+    draws = rng.random(7)  # one call, always 7 numbers: the stream after it does not depend on what fired
+    kernels, clip = 3 + 2 * np.minimum((draws[4:6] * 3).astype(int), 2), 1.0 + 3.0 * draws[6]
     if draws[0] < p:
         image = cv2.blur(image, (int(kernels[0]),) * 2)
     if draws[1] < p:
