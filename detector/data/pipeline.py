@@ -7,8 +7,9 @@ imgsz square (mosaic, as YOLOv8), or one image is centred on an imgsz square can
 canvas goes through a random affine (scale, translate, rotate, shear: YOLOv8's
 random_perspective without perspective), HSV gains (YOLOv8's, through lookup tables) and a
 horizontal flip, then (``blur_gray_clahe``, 0.01 in configs/train.yaml) YOLOv8's rare Blur,
-MedianBlur, ToGray and CLAHE. Boxes are clipped to the output and dropped when less than 10% of their area
-stays in view or when they end under 2 px wide or high, so no invalid box reaches the loss.
+MedianBlur, ToGray and CLAHE. Boxes are clipped to the output and dropped when less than 10% of
+their area stays in view or when they end under 2 px wide or high, so no invalid box reaches the
+loss.
 
 Mosaic and affine are one step (``transforms.warp_placed``): without rotation or shear (the
 default) each image is resized once straight into the output, which costs a fifth of drawing the

@@ -19,7 +19,6 @@ from detector.data.pipeline import TrainDataset
 from detector.data.rect import RectValDataset
 from detector.data.transforms import Letterbox
 from detector.engine import optim
-from detector.engine.optim import auto_lr
 from detector.losses.criterion import DetectionCriterion
 
 log = logging.getLogger("detector")
@@ -58,7 +57,7 @@ def build_model(cfg: DictConfig, num_classes: int):
 def build_optimizer(cfg: DictConfig, model, num_classes: int, weight_decay: float):
     """The ``optim`` option's optimiser over YOLOv8's three parameter groups; ``lr: auto`` is
     YOLOv8's fit for AdamW (``optim.auto_lr``)."""
-    lr = auto_lr(num_classes) if cfg.optim.lr == "auto" else cfg.optim.lr
+    lr = optim.auto_lr(num_classes) if cfg.optim.lr == "auto" else cfg.optim.lr
     return optim.build_optimizer(instantiate(cfg.optim, lr=lr), model, weight_decay)
 
 
