@@ -185,10 +185,8 @@ class DetectionDataset(Dataset):
         if not len(samples):
             raise ValueError(f"{source}: no valid image found (see the warnings above for what was skipped)")
         if not isinstance(samples, FlatIndex):
-            known = getattr(self, "image_sizes", {})  # YoloDetection's {image_id: (width, height)}, read from headers
             samples = FlatIndex.from_lists("", [str(s.path) for s in samples], [s.image_id for s in samples],
-                                           [s.boxes for s in samples], [s.labels for s in samples],
-                                           sizes=[known.get(s.image_id, (0, 0)) for s in samples])
+                                           [s.boxes for s in samples], [s.labels for s in samples])  # sizes unknown: 0
         self.index, self.names, self.category_ids = samples, list(names), list(category_ids)
         self.source, self.transforms = source, transforms
         self._bad: set[int] = set()

@@ -14,18 +14,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from detector.boxes import xyxy_to_cxcywh
 from detector.data.base import DataSplits, DetectionDataset
 from detector.data.yolo import image_size
 
 
 def _yolo_lines(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> str:
     """[N, 4] xyxy px + [N] labels -> YOLO label text."""
-    scale = np.array([width, height, width, height], np.float64)
-    xyxy = boxes.astype(np.float64) / scale
-    centre, size = (xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+    cxcywh = xyxy_to_cxcywh(torch.from_numpy(boxes.astype(np.float64)) / scale)  # [N, 4] normalised
     return "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
-                   for c, (x, y), (w, h) in zip(labels.tolist(), centre.tolist(), size.tolist()))
+                   for c, (x, y, w, h) in zip(labels.tolist(), cxcywh.tolist()))
 
 
 def _link(source: Path, target: Path) -> None:

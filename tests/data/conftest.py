@@ -25,6 +25,18 @@ def user_cache(tmp_path, monkeypatch):
     return tmp_path / "user_cache"
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that records each call's arguments in the list returned."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(args) or original(*args))
+    return calls
+
+
+@pytest.fixture(name="count_calls")
+def count_calls_fixture(monkeypatch):
+    return lambda module, name: count_calls(monkeypatch, module, name)
+
+
 @pytest.fixture(name="write_image")
 def write_image_fixture():
     """The image writer as a fixture: test modules cannot import conftest under importlib mode."""

@@ -12,12 +12,9 @@ from detector.data.index import FlatIndex, cache_key, cache_path, load_cache, sa
 
 
 @pytest.fixture
-def counted_reads(monkeypatch):
+def counted_reads(count_calls):
     """How many times the json itself is parsed (a cache hit parses nothing)."""
-    calls = []
-    original = coco_module.read_coco_index
-    monkeypatch.setattr(coco_module, "read_coco_index", lambda *a: calls.append(a) or original(*a))
-    return calls
+    return count_calls(coco_module, "read_coco_index")
 
 
 pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a cache folder of its own

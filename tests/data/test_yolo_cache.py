@@ -19,12 +19,9 @@ pytestmark = pytest.mark.usefixtures("user_cache")  # conftest: a cache folder o
 
 
 @pytest.fixture
-def builds(monkeypatch):
+def builds(count_calls):
     """How many times the images and label files are read (a cache hit reads none)."""
-    calls = []
-    original = yolo_module.read_yolo_index
-    monkeypatch.setattr(yolo_module, "read_yolo_index", lambda *a: calls.append(a) or original(*a))
-    return calls
+    return count_calls(yolo_module, "read_yolo_index")
 
 
 @pytest.fixture
