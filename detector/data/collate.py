@@ -1,7 +1,8 @@
 """Batching: images stacked, targets padded to the batch's largest GT count with a mask.
 
 Output dict (B images, M = largest GT count in the batch, possibly 0):
-    images      uint8 [B, 3, H, W], channels-last strides (the trainer converts to float / 255 on the device)
+    images      uint8 [B, 3, H, W], channels-last strides (the trainer converts to float / 255 on the device);
+                in a DataLoader worker a LeasedImages, which arrives in the main process as that tensor
     boxes       float32 [B, M, 4] xyxy px in the (augmented or letterboxed) image
     labels      int64 [B, M]
     gt_mask     bool [B, M], True for real GTs
@@ -13,21 +14,19 @@ from __future__ import annotations
 
 import torch
 
+from detector.data.shared_batch import for_handover, new_batch
+
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     """[B, 3, H, W] in channels-last layout (strides of a [B, H, W, 3] array), the layout the
     trainer runs the model in. In a DataLoader worker the batch is written straight into shared
-    memory (as torch's default_collate does), so handing it to the main process copies nothing
-    more. The training pipeline hands over HWC images as [3, H, W] views: each lands with one
-    plain copy (a planar NCHW batch would need a strided copy per image)."""
+    memory, a segment reused once the main process has let go of it (detector/data/shared_batch.py),
+    so handing it over copies nothing more.
+    The training pipeline hands over HWC images as [3, H, W] views: each lands with one plain copy
+    (a planar NCHW batch would need a strided copy per image)."""
     first = images[0]
     channels, height, width = first.shape
-    numel = len(images) * first.numel()
-    if torch.utils.data.get_worker_info() is not None:
-        storage = first._typed_storage()._new_shared(numel, device=first.device)
-        out = first.new(storage).resize_(len(images), height, width, channels)
-    else:
-        out = first.new_empty((len(images), height, width, channels))
+    out = new_batch((len(images), height, width, channels), like=first)
     for i, image in enumerate(images):
         out[i].copy_(image.permute(1, 2, 0))  # a plain copy when the image is an HWC view
     return out.permute(0, 3, 1, 2)
@@ -46,7 +45,7 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
         labels[i, :n] = target["labels"]
         mask[i, :n] = True
     return {
-        "images": images, "boxes": boxes, "labels": labels, "gt_mask": mask,
+        "images": for_handover(images), "boxes": boxes, "labels": labels, "gt_mask": mask,
         "image_ids": torch.tensor([int(t["image_id"]) for _, t in batch], dtype=torch.int64),
         "orig_sizes": torch.tensor([list(t["orig_size"]) for _, t in batch], dtype=torch.int64),
         "letterbox": torch.tensor([list(t.get("letterbox", (1.0, 0.0, 0.0))) for _, t in batch], dtype=torch.float32),
