@@ -1,4 +1,4 @@
-"""Decoded, resized training images kept in RAM or on disk: ``cache=ram|disk|off``.
+"""Decoded, resized training images kept in RAM or on disk: ``cache=auto|ram|disk|off``.
 
 What is kept is exactly what the pipeline would compute from the file, ``read_resized``: the
 image resized so that its longer side is imgsz (uint8 HWC RGB), so a cached run sees the same
@@ -8,6 +8,9 @@ pixels, and the same batches, as an uncached one (and ``resume=`` stays exact in
   few threads (decoding releases the GIL). DataLoader workers forked afterwards share its pages.
   The memory it needs is computed from the image sizes and checked against MemAvailable before
   anything is filled: a cache that would not fit fails at start, naming both numbers.
+- ``auto`` (the default): ``ram`` when the resized set needs at most AUTO_RAM_LIMIT and a quarter of
+  the available memory (a small data set: it then also gets whole-set mosaic partners, see
+  detector/data/pipeline.py), else ``off``; the log says which.
 - ``disk``: one ``.npy`` per image beside it (``<name>.<imgsz>px.v<version>.npy``), or under
   ``$DETECTOR_CACHE/images`` when the image folder is not writable; filled at start, skipping
   files already there and newer than their image (an image changed since is cached again).
@@ -33,13 +36,14 @@ from detector.data.base import DetectionDataset, read_resized, resized_shape
 from detector.data.index import user_cache_dir, warn_once
 
 log = logging.getLogger("detector")
-CACHE_MODES = ("off", "ram", "disk")
+CACHE_MODES = ("off", "ram", "disk", "auto")
 DISK_VERSION = 1
 RAM_HEADROOM = 1.25  # cache=ram must fit 1.25 times in what is available: workers and the model need room too
+AUTO_RAM_LIMIT = 2 * 2**30  # cache=auto keeps a set in RAM up to this size (and a quarter of the available memory)
 
 
 def cache_mode(value) -> str:
-    """``cache=`` as written in a config: off (also false/null), ram (also true) or disk."""
+    """``cache=`` as written in a config: off (also false/null), ram (also true), disk or auto."""
     if value is None or value is False or value == "off":
         return "off"
     if value is True:
@@ -88,6 +92,12 @@ class ImageCache:
         self.needed = int(self.offsets[-1])
         self.filled = np.zeros(len(dataset), bool)
         self.buffer = None
+        if self.mode == "auto":
+            fits = self.needed <= min(AUTO_RAM_LIMIT, available_memory() / 4)
+            self.mode = "ram" if fits else "off"
+            log.info("cache=auto: the resized training images need %.1f MB: %s", self.needed / 1e6,
+                     "kept in RAM" if fits else f"over min({AUTO_RAM_LIMIT / 1e9:.1f} GB, a quarter of the "
+                     "available memory): decoded each time")
         self.paths: list[Path] | None = None
         start = time.perf_counter()
         if self.mode == "ram":

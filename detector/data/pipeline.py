@@ -17,10 +17,14 @@ canvas and warping it with cv2.warpAffine; with rotation or shear the canvas is 
 This replaced albumentations' Affine (plus its per-call box bookkeeping) as the largest cost at
 640 px; README "Benchmarks" has the figures.
 
-Mosaic partners: the DataLoader fetches a batch through ``__getitems__``, which by default draws
-the 3 other images of each mosaic from the batch itself (3 distinct members other than the image),
-so every image is decoded once per batch instead of about 4 times (``mosaic_partners="dataset"``
-draws them from the whole data set; README, "Benchmarks", has the measured speed and AP of both).
+Mosaic partners: the DataLoader fetches a batch through ``__getitems__``. With
+``mosaic_partners="batch"`` the 3 other images of each mosaic come from the batch itself (3
+distinct members other than the image), so every image is decoded once per batch instead of about
+4 times; ``"dataset"`` draws them from the whole data set, as YOLOv5 did (more diverse: YOLOv8 gets
+the same from a buffer of recent images). ``"auto"`` (the default) is ``"dataset"`` when the images
+are cached (``cache=ram|disk``, or ``cache=auto`` keeping a small set in RAM), where a partner costs
+no decode, else ``"batch"``. README, "Compared with YOLOv8" and "Benchmarks", has the measured AP
+and speed of both.
 
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with
 ``(seed, epoch, i)``, and the batches from the sampler seeded with ``(seed, epoch)``, independent
@@ -48,18 +52,23 @@ class TrainDataset(Dataset):
 
     def __init__(self, dataset: DetectionDataset, imgsz: int = 640, mosaic: float = 1.0, scale: float = 0.5,
                  translate: float = 0.1, degrees: float = 0.0, shear: float = 0.0, fliplr: float = 0.5,
-                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, mosaic_partners: str = "batch",
+                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, mosaic_partners: str = "auto",
                  seed: int = 0, cache: str = "off", blur_gray_clahe: float = 0.0):
         if imgsz % 32:
             raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
-        if mosaic_partners not in ("batch", "dataset"):
-            raise ValueError(f"augment.mosaic_partners={mosaic_partners!r}: expected 'batch' or 'dataset'")
-        self.dataset, self.imgsz, self.seed, self.mosaic_partners = dataset, imgsz, seed, mosaic_partners
+        if mosaic_partners not in ("auto", "batch", "dataset"):
+            raise ValueError(f"augment.mosaic_partners={mosaic_partners!r}: expected 'auto', 'batch' or 'dataset'")
+        self.dataset, self.imgsz, self.seed = dataset, imgsz, seed
         self.mosaic, self.epoch = mosaic, 0
         self.scale, self.translate, self.degrees, self.shear, self.fliplr = scale, translate, degrees, shear, fliplr
         self.hsv = (hsv_h, hsv_s, hsv_v)
         self.blur_gray_clahe = blur_gray_clahe
         self.cache = ImageCache(dataset, imgsz, cache) if cache_mode(cache) != "off" else None
+        if self.cache is not None and self.cache.mode == "off":  # cache=auto chose not to
+            self.cache = None
+        if mosaic_partners == "auto":  # whole-set partners where decoding them costs nothing
+            mosaic_partners = "dataset" if self.cache is not None else "batch"
+        self.mosaic_partners = mosaic_partners
 
     def __len__(self) -> int:
         return len(self.dataset)

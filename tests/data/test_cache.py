@@ -47,10 +47,11 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("mode", ["ram", "disk"])
-def test_cached_pipeline_gives_the_same_samples_as_decoding(jpegs, mode):
+@pytest.mark.parametrize("partners", ["batch", "dataset"])
+def test_cached_pipeline_gives_the_same_samples_as_decoding(jpegs, mode, partners):
     dataset = YoloDetection(jpegs, "train", names=["x"])
-    plain = fetch_all(TrainDataset(dataset, imgsz=64, seed=2))
-    cached = TrainDataset(dataset, imgsz=64, seed=2, cache=mode)
+    plain = fetch_all(TrainDataset(dataset, imgsz=64, seed=2, mosaic_partners=partners))
+    cached = TrainDataset(dataset, imgsz=64, seed=2, cache=mode, mosaic_partners=partners)
     assert cached.cache.filled.all() and cached.cache.needed == sum(
         h * w * 3 for h, w in [(43, 64), (64, 43), (64, 64), (43, 64), (64, 27), (36, 64)])
     assert_same(fetch_all(cached), plain)
@@ -65,6 +66,23 @@ def test_ram_cache_that_would_not_fit_fails_at_start_with_both_numbers(jpegs, mo
         TrainDataset(dataset, imgsz=64, cache="ram")
     monkeypatch.setattr(cache_module, "available_memory", lambda: 10**6)
     assert TrainDataset(dataset, imgsz=64, cache="ram").cache.buffer.nbytes == 49_152  # 1.25 x that fits in 1 MB
+
+
+def test_auto_cache_keeps_a_small_set_in_ram_and_draws_partners_from_the_whole_set(jpegs, monkeypatch):
+    dataset = YoloDetection(jpegs, "train", names=["x"])
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 10**6)  # 39,321 bytes needed: under a quarter
+    train = TrainDataset(dataset, imgsz=64, seed=2, cache="auto")
+    assert train.cache.mode == "ram" and train.cache.filled.all() and train.mosaic_partners == "dataset"
+    assert_same(fetch_all(train), fetch_all(TrainDataset(dataset, imgsz=64, seed=2, mosaic_partners="dataset")))
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 150_000)  # a quarter is 37,500: decoded each time
+    train = TrainDataset(dataset, imgsz=64, seed=2, cache="auto")
+    assert train.cache is None and train.mosaic_partners == "batch"
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 10**12)
+    monkeypatch.setattr(cache_module, "AUTO_RAM_LIMIT", 39_320)  # one byte under what the set needs
+    assert TrainDataset(dataset, imgsz=64, cache="auto").cache is None
+    assert TrainDataset(dataset, imgsz=64, cache="off").mosaic_partners == "batch"
+    assert TrainDataset(dataset, imgsz=64, cache="disk").mosaic_partners == "dataset"
+    assert TrainDataset(dataset, imgsz=64, cache="disk", mosaic_partners="batch").mosaic_partners == "batch"
 
 
 def test_ram_cache_is_read_only_and_shared(jpegs):
@@ -106,7 +124,7 @@ def test_unwritable_disk_cache_falls_back_then_is_reported_once(jpegs, user_cach
         plain = fetch_all(TrainDataset(dataset, imgsz=64, seed=1))
         for _ in range(2):
             train = TrainDataset(dataset, imgsz=64, seed=1, cache="disk")
-            assert train.cache.mode == "off"
+            assert train.cache is None  # fell back to decoding (and to batch partners, as without a cache)
     assert caplog.text.count("going on without a cache") == 1
     assert_same(fetch_all(train), plain)
 
@@ -124,7 +142,8 @@ def test_damaged_image_found_while_filling_is_reported_and_replaced(jpegs, mode,
 
 
 def test_cache_mode_words():
-    assert [cache_mode(v) for v in (None, False, "off", True, "ram", "disk")] == ["off", "off", "off", "ram", "ram", "disk"]
+    assert [cache_mode(v) for v in (None, False, "off", True, "ram", "disk", "auto")] == [
+        "off", "off", "off", "ram", "ram", "disk", "auto"]
     with pytest.raises(ValueError, match="cache='memory': expected one of off, ram, disk"):
         cache_mode("memory")
 

@@ -31,10 +31,11 @@ def _epoch_batches(cfg, train_set, epoch: int) -> list[dict]:
     return list(build.build_train_loader(cfg, train_set, epoch=epoch, rank=0, world_size=1))
 
 
-@pytest.mark.parametrize("cache", ["off", "ram", "disk"])
+@pytest.mark.parametrize("cache", ["off", "ram", "disk", "auto"])
 def test_resume_sees_the_batches_of_an_uninterrupted_run_in_every_cache_mode(tmp_path, monkeypatch, cache):
     """A run resumed at epoch 1 (a new process: new data set, new cache, 2 workers) gets exactly the
-    batches that an uninterrupted run without a cache got in epochs 1 and 2."""
+    batches that an uninterrupted run got in epochs 1 and 2 (with the default mosaic_partners=auto,
+    the cache decides the partners: both runs use the same mode)."""
     from pathlib import Path
 
     import cv2
@@ -53,13 +54,13 @@ def test_resume_sees_the_batches_of_an_uninterrupted_run_in_every_cache_mode(tmp
         cv2.imwrite(str(root / "images" / "t" / f"{i}.jpg"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         (root / "labels" / "t" / f"{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.4 0.3\n0 0.3 0.3 0.2 0.2\n")
     train_yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "train.yaml")
-    cfg = OmegaConf.create({"seed": 5, "imgsz": 64, "batch_size": 3, "workers": 2, "cache": "off",
+    cfg = OmegaConf.create({"seed": 5, "imgsz": 64, "batch_size": 3, "workers": 2, "cache": cache,
                             "augment": train_yaml.augment})
     uninterrupted = build.build_train_set(cfg, YoloDetection(root, "t", names=["a", "b"]))
     expected = [_epoch_batches(cfg, uninterrupted, epoch) for epoch in range(3)]
-    resumed_cfg = OmegaConf.merge(cfg, {"cache": cache})
+    resumed_cfg = cfg
     resumed = build.build_train_set(resumed_cfg, YoloDetection(root, "t", names=["a", "b"]))
-    assert (resumed.cache is None) == (cache == "off")
+    assert (resumed.cache is None) == (cache == "off")  # auto: a set this small is kept in RAM
     for epoch in (1, 2):
         got = _epoch_batches(resumed_cfg, resumed, epoch)
         assert len(got) == len(expected[epoch]) == 3
