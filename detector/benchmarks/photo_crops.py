@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detector.data.yolo_export import _yolo_lines
+from detector.data.yolo_export import yolo_lines
 
 MIN_VISIBLE = 0.4  # a box keeps its label in a crop when this share of its area is inside
 
@@ -82,7 +82,7 @@ def build(data_yaml: Path, out: Path, class_name: str, n_train: int, n_val: int,
             name, image, (x0, y0, x1, y1), kept = pictures[split][j]
             cv2.imwrite(str(out / "images" / split / f"{name}.jpg"), image[y0:y1, x0:x1],
                         [cv2.IMWRITE_JPEG_QUALITY, 95])
-            text = _yolo_lines(kept, np.zeros(len(kept), dtype=np.int64), x1 - x0, y1 - y0)
+            text = yolo_lines(kept, np.zeros(len(kept), dtype=np.int64), x1 - x0, y1 - y0)
             (out / "labels" / split / f"{name}.txt").write_text(text)
         print(f"{split}: {len(chosen)} pictures of {len(pictures[split])} candidates")
     yaml = out / "data.yaml"

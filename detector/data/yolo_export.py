@@ -21,7 +21,7 @@ from detector.data.base import DataSplits, DetectionDataset
 from detector.data.yolo import image_size
 
 
-def _yolo_lines(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> str:
+def yolo_lines(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> str:
     """[N, 4] xyxy px + [N] labels -> YOLO label text."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
     cxcywh = xyxy_to_cxcywh(torch.from_numpy(boxes.astype(np.float64)) / scale)  # [N, 4] normalised
@@ -58,7 +58,7 @@ def export_split(dataset: DetectionDataset, images_dir: Path, labels_dir: Path, 
                 raise ValueError(f"{path}: cannot read the image size")
             width, height = size
         _link(path, images_dir / path.name)
-        (labels_dir / f"{path.stem}.txt").write_text(_yolo_lines(sample.boxes, sample.labels, width, height))
+        (labels_dir / f"{path.stem}.txt").write_text(yolo_lines(sample.boxes, sample.labels, width, height))
     return count
 
 
