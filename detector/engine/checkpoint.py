@@ -12,8 +12,11 @@ A checkpoint holds only tensors and plain containers:
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -26,19 +29,44 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one, never half."""
+    """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one, never half.
+
+    Ctrl-C during the write lets the write finish and interrupts right after it (torch's zip writer turns a
+    KeyboardInterrupt in mid-write into an unrelated RuntimeError, which would hide the interrupt).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with interrupts_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save({"format": FORMAT, **state}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold SIGINT back for the block, then raise ``KeyboardInterrupt`` if one came in meanwhile.
+
+    Only the main thread can set signal handlers; elsewhere (and under a custom SIGINT handler) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -61,3 +61,25 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_ctrl_c_during_a_write_finishes_the_file_then_interrupts(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    real_save = torch.save
+
+    def save_interrupted_halfway(obj, handle):  # Ctrl-C arrives while torch is writing
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, handle)
+
+    monkeypatch.setattr(torch, "save", save_interrupted_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 2, "weights": torch.arange(1000.0)}, path)
+    monkeypatch.undo()
+    state = read_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
