@@ -1,7 +1,8 @@
 """Ours against ultralytics' YOLOv8 on the same data.yaml and budget, scored by one evaluator.
 
-``run_compare`` checks the data.yaml (both readers' rules) before anything trains, then trains
-ours (``tools/train.py data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
+``run_compare`` checks the data.yaml (both readers' rules) and lets ultralytics train one epoch on
+four of its images (a missing dependency of ultralytics, a bad ``--ultralytics`` setting or a set it
+cannot read then stops the compare before anything long has run), then trains ours (``tools/train.py data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
 from its yaml, no weights) one after the other in subprocesses with the same epochs, imgsz,
 batch, workers, seed and device, converts YOLOv8's ``best.pt`` with our importer
 (``tools/convert.py``) and evaluates both ``best.pt`` with ``tools/eval.py`` (same imgsz, conf,
@@ -56,6 +57,10 @@ class Budget:
             raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {self.imgsz}")
         if self.scale not in SCALES:
             raise ValueError(f"model scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+
+
+class PreflightError(RuntimeError):
+    """ultralytics could not train a trial epoch here; the message says why and where its log is."""
 
 
 @dataclass
@@ -240,6 +245,37 @@ def _ratio(a, b) -> str:
 
 # --- the run --------------------------------------------------------------------------------------
 
+PREFLIGHT = {"epochs": 1, "imgsz": 64, "batch": 2, "workers": 0}  # and the first 4 train / 2 val images
+
+
+def write_preflight_yaml(info: dict, folder: Path, train: int = 4, val: int = 2) -> Path:
+    """A data.yaml over the first ``train`` / ``val`` images of the checked set (image lists in
+    text files, labels found beside them as ultralytics finds them for the full set)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    content = {"path": str(info["root"]), "names": dict(enumerate(info["names"]))}
+    data = dy.read_data_yaml(info["yaml"])
+    for key, count in (("train", train), ("val", val)):
+        images = dy.split_images(data, key).images[:count]
+        (folder / f"{key}.txt").write_text("".join(f"{Path(image).resolve()}\n" for image in images))
+        content[key] = str(folder / f"{key}.txt")
+    path = folder / "data.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def preflight_ultralytics(info: dict, budget: Budget, out: Path, extra: dict | None = None,
+                          runner=subprocess.run) -> None:
+    """One epoch of YOLOv8 on four of the set's images at 64 px, through the whole of its loop (train,
+    save, validate); raise ``PreflightError`` when it fails, before the real runs spend their hours."""
+    folder = out / "preflight"
+    trial = {**(extra or {}), **PREFLIGHT}
+    budget = Budget(**{**budget.__dict__, **{k: v for k, v in trial.items() if k in PREFLIGHT}})
+    command = ultralytics_train_command(write_preflight_yaml(info, folder), budget, folder / "ultralytics", trial)
+    code, output, _ = _run(command, folder / "ultralytics.log", runner, cwd=folder)
+    if code != 0:
+        raise PreflightError(f"ultralytics cannot train here: {_tail(output)} (a trial epoch on 4 images of "
+                             f"{info['yaml']}; its log: {folder / 'ultralytics.log'}); nothing else was run")
+
 def _run(command: list[str], log_path: Path, runner=subprocess.run, cwd: Path = REPO) -> tuple[int, str, float]:
     start = time.time()
     completed = runner(command, capture_output=True, text=True, cwd=cwd)
@@ -274,6 +310,8 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     images, epochs = info["train_images"], budget.epochs
     log(f"{info['yaml']}: {images} train / {info['val_images']} val images, {len(info['names'])} classes; "
         f"{epochs} epochs at {budget.imgsz} px, batch {budget.batch}, workers {budget.workers}, seed {budget.seed}")
+    log("a trial epoch of YOLOv8 on 4 images ...")
+    preflight_ultralytics(info, budget, out, ultralytics_extra, runner)
 
     log("training ours ...")
     code, output, wall = _run(ours_train_command(resolved, budget, out / "ours", list(ours_extra)),

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from detector.benchmarks.train import ultralytics_batch
-from detector.compare import (Budget, DataYamlError, Result, check_data_yaml, format_table, ours_outcome,
+from detector.compare import (Budget, DataYamlError, PreflightError, Result, check_data_yaml, format_table, ours_outcome,
                               ours_train_command, parse_key_values, run_compare, ultralytics_available,
                               ultralytics_outcome, ultralytics_train_args, write_resolved_yaml)
 
@@ -167,12 +167,14 @@ def test_table_values_ratios_and_diverged_cells():
 class FakeRunner:
     """Stands in for subprocess.run: records the commands and writes what each tool would."""
 
-    def __init__(self, ultralytics_nan=False):
-        self.commands, self.ultralytics_nan = [], ultralytics_nan
+    def __init__(self, ultralytics_nan=False, preflight_error=None):
+        self.commands, self.ultralytics_nan, self.preflight_error = [], ultralytics_nan, preflight_error
 
     def __call__(self, command, **kwargs):
         self.commands.append(command)
         text = " ".join(command)
+        if "preflight" in text and self.preflight_error:
+            return subprocess.CompletedProcess(command, 1, "", f"Traceback ...\n{self.preflight_error}\n")
         if "tools/train.py" in text:
             run = Path(command[-1].split("=", 1)[1])
             (run / "checkpoints").mkdir(parents=True)
@@ -201,7 +203,12 @@ def test_run_compare_trains_both_then_converts_and_evaluates_both(tmp_path):
     runner = FakeRunner()
     ours, theirs = run_compare(data, BUDGET, tmp_path / "out", runner=runner, log=lambda *_: None)
     kinds = [next(k for k in ("train.py", "YOLO", "convert.py", "eval.py") if k in " ".join(c)) for c in runner.commands]
-    assert kinds == ["train.py", "YOLO", "eval.py", "convert.py", "eval.py"]
+    assert kinds == ["YOLO", "train.py", "YOLO", "eval.py", "convert.py", "eval.py"]
+    trial = json.loads(runner.commands[0][-1])  # the preflight: 1 epoch, 64 px, on 4 train / 2 val images
+    assert (trial["epochs"], trial["imgsz"], trial["batch"], trial["workers"]) == (1, 64, 2, 0)
+    preflight = yaml.safe_load(Path(trial["data"]).read_text())
+    assert len(Path(preflight["train"]).read_text().split()) == 4 and len(Path(preflight["val"]).read_text().split()) == 2
+    assert all(Path(line).is_file() for line in Path(preflight["train"]).read_text().split())
     assert f"ckpt={tmp_path / 'out' / 'yolov8n_converted.pt'}" in runner.commands[-1]
     assert all("imgsz=64" in c for c in runner.commands if "eval.py" in " ".join(c))
     assert ours.metrics["AP"] == 0.4 and theirs.metrics["AP"] == 0.2
@@ -225,6 +232,17 @@ def test_bad_data_yaml_fails_before_any_training(tmp_path):
     with pytest.raises(DataYamlError, match="key 'val'"):
         run_compare(data, BUDGET, tmp_path / "out", runner=runner, log=lambda *_: None)
     assert runner.commands == []
+
+
+def test_ultralytics_that_cannot_train_stops_the_compare_before_ours_trains(tmp_path):
+    make_yolo_set(tmp_path / "set")
+    data = write_yaml(tmp_path / "data.yaml", {"path": str(tmp_path / "set"), "train": "images/train",
+                                               "val": "images/val", "names": ["a"]})
+    runner = FakeRunner(preflight_error="ModuleNotFoundError: No module named 'polars'")
+    with pytest.raises(PreflightError, match="ultralytics cannot train here: ModuleNotFoundError: No module named 'polars'"):
+        run_compare(data, BUDGET, tmp_path / "out", ultralytics_extra={"lr0": 0.01}, runner=runner, log=lambda *_: None)
+    assert len(runner.commands) == 1 and json.loads(runner.commands[0][-1])["lr0"] == 0.01  # its settings are tried too
+    assert (tmp_path / "out" / "preflight" / "ultralytics.log").is_file()
 
 
 def test_cli_without_ultralytics_says_so(tmp_path):

@@ -13,7 +13,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from detector.compare import Budget, DataYamlError, format_table, parse_key_values, run_compare, ultralytics_available
+from detector.compare import (Budget, DataYamlError, PreflightError, format_table, parse_key_values, run_compare,
+                              ultralytics_available)
 
 
 def main(argv=None) -> int:
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     out = args.out or Path("runs") / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
         results = run_compare(args.data_yaml, budget, out, ours_extra=args.ours, ultralytics_extra=extra)
-    except DataYamlError as error:
+    except (DataYamlError, PreflightError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     table = format_table(results)
