@@ -2,7 +2,8 @@
 
 ``run_compare`` checks the data.yaml (both readers' rules) and lets ultralytics train one epoch on
 four of its images (a missing dependency of ultralytics, a bad ``--ultralytics`` setting or a set it
-cannot read then stops the compare before anything long has run), then trains ours (``tools/train.py data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
+cannot read then stops the compare before anything long has run), then trains ours
+(``tools/train.py data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
 from its yaml, no weights) one after the other in subprocesses with the same epochs, imgsz,
 batch, workers, seed and device, converts YOLOv8's ``best.pt`` with our importer
 (``tools/convert.py``) and evaluates both ``best.pt`` with ``tools/eval.py`` (same imgsz, conf,
@@ -16,6 +17,7 @@ per-epoch validation included on both sides. A run whose loss went non-finite is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
@@ -269,12 +271,13 @@ def preflight_ultralytics(info: dict, budget: Budget, out: Path, extra: dict | N
     save, validate); raise ``PreflightError`` when it fails, before the real runs spend their hours."""
     folder = out / "preflight"
     trial = {**(extra or {}), **PREFLIGHT}
-    budget = Budget(**{**budget.__dict__, **{k: v for k, v in trial.items() if k in PREFLIGHT}})
+    budget = dataclasses.replace(budget, **PREFLIGHT)
     command = ultralytics_train_command(write_preflight_yaml(info, folder), budget, folder / "ultralytics", trial)
     code, output, _ = _run(command, folder / "ultralytics.log", runner, cwd=folder)
     if code != 0:
         raise PreflightError(f"ultralytics cannot train here: {_tail(output)} (a trial epoch on 4 images of "
                              f"{info['yaml']}; its log: {folder / 'ultralytics.log'}); nothing else was run")
+
 
 def _run(command: list[str], log_path: Path, runner=subprocess.run, cwd: Path = REPO) -> tuple[int, str, float]:
     start = time.time()
