@@ -11,11 +11,11 @@ from detector.api import Detector
 __version__ = "0.1.0"
 
 
-def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16):
+def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None):
     """A YOLOv8-layout detector of the given scale (n/s/m/l/x); see ``detector.models``."""
     from detector.models.detector import build_model as _build
 
-    return _build(scale=scale, num_classes=num_classes, reg_max=reg_max)
+    return _build(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
 
 
 def load_checkpoint(path, map_location="cpu"):

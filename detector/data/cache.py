@@ -17,8 +17,10 @@ pixels, and the same batches, as an uncached one (and ``resume=`` stays exact in
   A cache that cannot be written (read-only folders, a full disk) is reported once, and the run
   goes on decoding the images.
 
-An image that cannot be decoded while filling is reported like any other damaged image and
-replaced by the next good one, as without a cache.
+An image that cannot be decoded while filling (or that decodes to another size than its
+annotation gives) is reported like any other damaged image and replaced by the next good one,
+as without a cache. Sizes are those of the picture as shown (EXIF orientation applied,
+detector/data/base.py ``image_size``), as the decoder returns it.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.data.base import DetectionDataset, read_resized, resized_shape
+from detector.data.base import DetectionDataset, ImageDecodeError, image_size, read_resized, resized_shape
 from detector.data.index import user_cache_dir, warn_once
 
 log = logging.getLogger("detector")
@@ -65,16 +67,10 @@ def available_memory() -> int:
 
 
 def image_sizes(dataset: DetectionDataset) -> np.ndarray:
-    """[M, 2] (width, height) of every image: from the index, else from the file's header."""
-    from PIL import Image
-
+    """[M, 2] (width, height) of every image as shown: from the index, else from the file's header."""
     sizes = dataset.index.sizes.copy()
     for i in np.flatnonzero((sizes <= 0).any(1)):
-        try:
-            with Image.open(dataset.index.path(i)) as image:
-                sizes[i] = image.size
-        except Exception:  # undecodable: found and reported when filling
-            sizes[i] = (1, 1)
+        sizes[i] = image_size(dataset.index.path(i)) or (1, 1)  # None: undecodable, found when filling
     return sizes
 
 
@@ -131,9 +127,10 @@ class ImageCache:
     def _decode(self, i: int) -> np.ndarray | None:
         """Image i as the pipeline resizes it, if it decodes to the size the cache expects."""
         hint = tuple(int(v) for v in self.dataset.index.sizes[i])  # the size hint the uncached path uses
-        got = read_resized(self.dataset.index.path(i), self.imgsz, hint)
-        if got is None:
-            self.dataset.mark_bad(i)
+        try:
+            got = read_resized(self.dataset.index.path(i), self.imgsz, hint)
+        except ImageDecodeError as error:
+            self.dataset.mark_bad(i, error.reason)
             return None
         image, (height, width) = got
         if (width, height) != tuple(self.sizes[i]):

@@ -9,6 +9,9 @@ Output dict (B images, M = largest GT count in the batch, possibly 0):
     image_ids   int64 [B]
     orig_sizes  int64 [B, 2] (H, W) of the original image
     letterbox   float32 [B, 3] (scale, pad_x, pad_y); (1, 0, 0) without letterbox
+    left_out    list[str]: the images of the batch that could not be used (a val set's
+                ``left_out_item``s, detector/data/base.py), "path: reason"; B counts only the others
+                (possibly 0: then images is uint8 [0, 3, 0, 0])
 """
 from __future__ import annotations
 
@@ -33,7 +36,10 @@ def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
-    images = stack_images([image for image, _ in batch])
+    left_out = [target["left_out"] for image, target in batch if image is None]
+    if left_out:
+        batch = [item for item in batch if item[0] is not None]
+    images = stack_images([image for image, _ in batch]) if batch else torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
     size = len(batch)
     max_gt = max((len(t["labels"]) for _, t in batch), default=0)
     boxes = torch.zeros(size, max_gt, 4, dtype=torch.float32)
@@ -47,6 +53,8 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
     return {
         "images": for_handover(images), "boxes": boxes, "labels": labels, "gt_mask": mask,
         "image_ids": torch.tensor([int(t["image_id"]) for _, t in batch], dtype=torch.int64),
-        "orig_sizes": torch.tensor([list(t["orig_size"]) for _, t in batch], dtype=torch.int64),
-        "letterbox": torch.tensor([list(t.get("letterbox", (1.0, 0.0, 0.0))) for _, t in batch], dtype=torch.float32),
+        "orig_sizes": torch.tensor([list(t["orig_size"]) for _, t in batch], dtype=torch.int64).reshape(-1, 2),
+        "letterbox": torch.tensor([list(t.get("letterbox", (1.0, 0.0, 0.0))) for _, t in batch],
+                                  dtype=torch.float32).reshape(-1, 3),
+        "left_out": left_out,
     }

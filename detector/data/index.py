@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("detector")
-FORMAT_VERSION = 1
+# 2: image sizes as shown (EXIF orientation applied), YOLO polygons read as boxes, COCO jsons checked
+FORMAT_VERSION = 2
 _reported: set[str] = set()  # warnings already given in this process
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detector.data.base import DetectionDataset, read_resized
+from detector.data.base import DetectionDataset, ImageDecodeError, read_resized
 from detector.data.cache import ImageCache, cache_mode
 from detector.data.transforms import affine_matrix, blur_gray_clahe, hsv_gains, hsv_table, mosaic_layout, warp_placed
 
@@ -79,24 +79,28 @@ class TrainDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resized(self, i: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    def resized(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         """Image i with its longer side imgsz, and its original (height, width); from the cache
-        when it holds it, else decoded (``read_resized``: the same pixels either way)."""
+        when it holds it, else decoded (``read_resized``: the same pixels either way). Raises
+        ImageDecodeError."""
         got = self.cache.get(i) if self.cache is not None else None
         if got is None:
             got = read_resized(self.dataset.index.path(i), self.imgsz, tuple(int(v) for v in self.dataset.index.sizes[i]))
         return got
 
     def load_resized(self, index: int) -> dict:
-        """One image resized so its longer side is imgsz, with its boxes;
-        an image that cannot be decoded is reported once and replaced by the next good one."""
+        """One image resized so its longer side is imgsz, with its boxes; an image that cannot be
+        used is reported once and replaced by the next good one (harmless in training)."""
         dataset = self.dataset
         for offset in range(len(dataset)):
             i = (index + offset) % len(dataset)
-            got = None if dataset.is_bad(i) else self.resized(i)
-            if got is not None:
+            if dataset.is_bad(i):
+                continue
+            try:
+                got = self.resized(i)
                 break
-            dataset.mark_bad(i)
+            except ImageDecodeError as error:
+                dataset.mark_bad(i, error.reason)
         else:
             raise RuntimeError(f"{dataset.source}: no image could be decoded")
         image, (height, width) = got

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
-from detector.data.base import DetectionDataset
+from detector.data.base import DetectionDataset, items_leaving_out
 from detector.data.cache import image_sizes
 from detector.data.transforms import letterbox_image, to_letterbox
 
@@ -53,6 +53,10 @@ class RectValDataset(Dataset):
         shape = tuple(int(v) for v in self.shapes[k // self.batch_size])
         image, params = letterbox_image(image, self.imgsz, shape)
         return image, dict(target, boxes=to_letterbox(target["boxes"], params), letterbox=params)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch; an image the data set cannot use is left out as the data set's own batches do."""
+        return items_leaving_out(self.dataset, self.__getitem__, indices, position=self.order)
 
 
 __all__ = ["RectValDataset", "rect_batch_shapes"]

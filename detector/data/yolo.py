@@ -8,6 +8,12 @@ with the number of classes that have no instances; a class id that would leave m
 the inferred classes empty is refused, naming the label file and line (a stray ``999`` line would
 otherwise train a 1000-class model without a word).
 
+Label files: a line ``cls cx cy w h`` is a box, a line ``cls x1 y1 ... xk yk`` (k >= 3) a polygon
+read as its bounding box (``parse_label_lines``); values are normalised by the picture as shown,
+its EXIF orientation applied (``image_size``, detector/data/base.py, which says where ultralytics'
+exif_size differs). A UTF-8 byte-order mark is ignored; a label file that is not UTF-8 is reported and its image
+left out.
+
 The index is a flat index (detector/data/index.py) kept in a label cache like ultralytics'
 ``labels.cache``: ``labels/<split>.<key hash>.cache.npz`` (a data.yaml split: beside the folder of
 its first label file, ``<folder>.<split key>.<hash>.cache.npz``). Its key is every image and label
@@ -27,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.data import data_yaml as dy
-from detector.data.base import DataSplits, DetectionDataset, Problems, clean_boxes
+from detector.data.base import DataSplits, DetectionDataset, Problems, clean_boxes, image_size
 from detector.data.index import FlatIndex, files_fingerprint, load_cache, save_cache
 
 IMAGE_SUFFIXES = dy.IMAGE_SUFFIXES
@@ -45,38 +51,71 @@ def read_names(data_yaml: str | Path | None, names: list[str] | None) -> list[st
     return dy.parse_names(dy.load_mapping(data_yaml), data_yaml)
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header, without decoding the pixels."""
-    from PIL import Image
-
+def read_label_text(path: Path, problems: Problems) -> str | None:
+    """The text of a label file (a UTF-8 byte-order mark ignored), or None, with the problem added,
+    when it cannot be read or is not UTF-8: its image is then left out, as ultralytics leaves out
+    an image whose label file it cannot read (kept, it would teach its objects as background)."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:
-        return None
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        problems.add("label files that are not UTF-8 text (image left out)", f"{path.name} (byte {error.start})")
+    except OSError as error:
+        problems.add("label files that cannot be read (image left out)", f"{path.name} ({error.strerror or error})")
+    return None
 
 
 def parse_label_file(path: Path, width: int, height: int, num_classes: int | None, problems: Problems):
-    """(boxes [N, 4] float32 xyxy px, labels [N] int64, line numbers [N]) of the valid lines.
+    """``parse_label_lines`` of a label file, or None when it cannot be read (``read_label_text``)."""
+    text = read_label_text(path, problems)
+    if text is None:
+        return None
+    return parse_label_lines(text, path.name, width, height, num_classes, problems)
+
+
+def parse_label_lines(text: str, name: str, width: int, height: int, num_classes: int | None, problems: Problems):
+    """(boxes [N, 4] float32 xyxy px, labels [N] int64, line numbers [N]) of the valid lines of a
+    label file's ``text``; ``name`` is the file's, for the report (``name:line``).
+
+    A line of 5 values is a box ``cls cx cy w h``; a line of 1 + 2k values, k >= 3, is a polygon
+    ``cls x1 y1 ... xk yk`` (ultralytics' segmentation format), read as its bounding box (the
+    min and max of its points, ultralytics' segments2boxes); every other count is reported.
+    ultralytics decides per file (any line of more than 6 values makes every line of the file a
+    polygon, a box line then being read as 2 points) and leaves out a file with a 6-value line;
+    here each line is read by its own count. A value outside [0, 1] is clipped and reported
+    (ultralytics leaves such an image out beyond 1%). All values are normalised by the picture as
+    shown (``width``, ``height``: EXIF orientation applied).
 
     The lines are checked one by one in Python and the boxes clipped together (one ``clean_boxes``
     per file, not one per line); problems are still added in line order."""
     lines = []  # (line number, "file:line", problem kind or None for the next row of ``candidates``)
-    candidates, classes = [], []  # [K] xyxy px boxes (float64) and class ids of lines that pass the checks
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    candidates, classes, clipped_values = [], [], []  # [K] xyxy px boxes (float64), class ids, a value clipped
+    for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
-        where = f"{path.name}:{number}"
-        if len(parts) < 5:
+        where = f"{name}:{number}"
+        count = len(parts)
+        if count < 5:
             lines.append((number, where, "label lines with fewer than 5 fields"))
             continue
+        if count != 5 and (count < 7 or count % 2 == 0):
+            lines.append((number, where, "label lines of 6 or an even number of values (neither a box "
+                                         "'cls cx cy w h' nor a polygon 'cls x1 y1 x2 y2 x3 y3 ...')"))
+            continue
         try:
-            cls, cx, cy, w, h = int(float(parts[0])), *map(float, parts[1:5])
+            cls, values = int(float(parts[0])), [float(v) for v in parts[1:]]
         except (ValueError, OverflowError):  # OverflowError: a class id of inf
             lines.append((number, where, "label lines that are not numbers"))
             continue
-        if not all(map(math.isfinite, (cx, cy, w, h))):
+        outside = not all(0.0 <= v <= 1.0 for v in values)  # False for NaN too: found below
+        if count == 5:
+            cx, cy, w, h = values
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        else:  # a polygon's bounding box: its points clipped to the picture first, so min/max of the clipped points
+            xs, ys = [min(max(v, 0.0), 1.0) for v in values[0::2]], [min(max(v, 0.0), 1.0) for v in values[1::2]]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            w, h = x2 - x1, y2 - y1
+        if not all(map(math.isfinite, values)):
             kind = "label lines with NaN or inf"
         elif w <= 0 or h <= 0:
             kind = "label lines of non-positive size"
@@ -84,9 +123,9 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int | Non
             kind = f"label lines with a class id outside [0, {num_classes})"
         else:
             kind = None
-            candidates.append(((cx - w / 2) * width, (cy - h / 2) * height,
-                               (cx + w / 2) * width, (cy + h / 2) * height))
+            candidates.append((x1 * width, y1 * height, x2 * width, y2 * height))
             classes.append(cls)
+            clipped_values.append(outside)
         lines.append((number, where, kind))
     clipped, valid = clean_boxes(np.array(candidates, dtype=np.float64).reshape(-1, 4), width, height)
     keep, numbers, row = [], [], 0
@@ -95,6 +134,8 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int | Non
             if valid[row]:
                 keep.append(row)
                 numbers.append(number)
+                if clipped_values[row]:
+                    problems.add("label lines with values outside [0, 1] (clipped to the image)", where)
             else:
                 problems.add("label lines outside the image", where)
             row += 1
@@ -139,7 +180,10 @@ def read_yolo_index(images: list[str | Path], label_files: list[str | Path], num
             problems.add("unreadable images", path.name)
             continue
         if label_path.is_file():
-            found, classes, numbers = parse_label_file(label_path, *size, num_classes, problems)
+            parsed = parse_label_file(label_path, *size, num_classes, problems)
+            if parsed is None:  # not UTF-8, or unreadable: reported, the image left out
+                continue
+            found, classes, numbers = parsed
             if num_classes is None:
                 for label, number in zip(classes.tolist(), numbers.tolist()):
                     first_seen.setdefault(label, f"{label_path}:{number}")

@@ -36,7 +36,9 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
     from detector.eval.evaluator import evaluate
     from detector.eval.report import format_metrics_table, format_per_class_table, write_eval_outputs
 
-    data_cfg = cfg.data if data_given or "data" not in train_cfg else OmegaConf.create(train_cfg["data"])
+    saved_data = train_cfg.get("data")
+    own_data = isinstance(saved_data, dict) and "_target_" in saved_data  # a converted file records no data set
+    data_cfg = OmegaConf.create(saved_data) if own_data and not data_given else cfg.data
     imgsz = cfg.imgsz or train_cfg.get("imgsz", 640)
     splits = instantiate(data_cfg)
     if len(splits.names) != model.num_classes:
@@ -50,7 +52,8 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
     fused = copy.deepcopy(model).eval().fuse().to(device)
     result = evaluate(fused, loader, splits.val_ann_file, list(splits.val.category_ids), device=device,
                       conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, backend=cfg.backend)
-    if not result.detections:
+    # a val set without labelled boxes, and val images left out, are said by evaluate (once)
+    if not result.detections and not result.undefined:
         log.warning("the model made no detections above conf=%s on %d images: every metric is 0", cfg.conf,
                     len(splits.val))
     print(format_metrics_table(result.metrics))

@@ -2,11 +2,18 @@
 
 PATH is one of our checkpoints or an ultralytics YOLOv8 detection .pt (read by detector.interop,
 never by unpickling code). Every tensor whose name and shape match is loaded, a module (conv, BN)
-whole or not at all. When the class count differs, the class branch keeps the fresh
-initialisation the head gave it (the prior bias log(5 / C / (640 / s)^2) on its last conv): those
-tensors are counted "re-initialised" (at scale n the branch is max(64, min(C, 100)) wide, so all of
-it is new; from s up only its last conv). Anything else that does not fit is "skipped". A
-checkpoint of another scale fails before training starts.
+whole or not at all. When the class count differs, as in ultralytics 8.4:
+
+- the model is built with the checkpoint's class-branch width (``source_cls_width``; at scale n the
+  default width max(64, min(C, 100)) depends on C), so the branch's hidden layers transfer and only
+  its last conv is new, with the prior bias log(5 / C / (640 / s)^2): those tensors are counted
+  "re-initialised";
+- rows of that last conv whose class name is also a class of the checkpoint (case and surrounding
+  spaces ignored) are copied from it ("remapped"): a COCO model fine-tuned on "person" keeps its
+  person classifier.
+
+Anything else that does not fit is "skipped". A checkpoint of another scale fails before training
+starts.
 
 ``freeze=K`` follows ultralytics' ``freeze``: its layers model.0 .. model.K-1 (yolov8.yaml order:
 backbone 0-9, neck 10-21, head 22) stop training. Their counterparts here come from the same
@@ -17,12 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
 from torch import nn
 
-from detector.engine.checkpoint import CheckpointError, read_checkpoint
+from detector.engine.checkpoint import CheckpointError, checked_model_args, plain_list, read_checkpoint
 from detector.interop.ultralytics import LAYER_PREFIXES, convert_state, is_ultralytics_checkpoint
 
 log = logging.getLogger("detector")
@@ -30,24 +39,41 @@ CLASS_BRANCH = "head.cls_branches."
 
 
 def read_pretrained(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(our-named state dict, model_args) from our checkpoint or an ultralytics one."""
+    """(our-named state dict, model_args with ``names``) from our checkpoint or an ultralytics one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"pretrained={path}: file not found")
     if is_ultralytics_checkpoint(path):
         state, info = convert_state(path)
-        return state, info["model_args"]
+        return state, {**info["model_args"], "names": list(info["names"])}
     checkpoint = read_checkpoint(path)
-    return checkpoint["model"], dict(checkpoint["model_args"])
+    return checkpoint["model"], {**checked_model_args(checkpoint, path),
+                                 "names": plain_list(checkpoint, "names", str, path)}
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, log: Callable[[str], None] = log.info) -> dict:
+def source_cls_width(source: tuple[dict, dict], scale: str, num_classes: int) -> int | None:
+    """The checkpoint's class-branch hidden width when it differs from the default width a model of
+    ``num_classes`` would get at the same ``scale`` (so that the hidden layers can transfer), else None."""
+    from detector.models.backbone import SCALES
+    from detector.models.head import default_cls_width
+
+    state, args = source
+    hidden = state.get(CLASS_BRANCH + "0.0.conv.weight")
+    if args.get("scale") != scale or scale not in SCALES or hidden is None:
+        return None
+    width = int(hidden.shape[0])
+    return width if width != default_cls_width((hidden.shape[1],), num_classes) else None
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, log: Callable[[str], None] = log.info,
+                    names: list[str] | None = None, source: tuple[dict, dict] | None = None) -> dict:
     """Copy every matching tensor of the checkpoint at ``path`` into ``model``; returns the counts.
 
-    Raises CheckpointError when the checkpoint's scale differs from the model's (naming the right
-    one) or when nothing at all matches.
+    ``names``: the model's class names, for the remap by name; ``source``: ``read_pretrained(path)``
+    when already read. Raises CheckpointError when the checkpoint's scale differs from the model's
+    (naming the right one) or when nothing at all matches.
     """
-    state, args = read_pretrained(path)
+    state, args = source or read_pretrained(path)
     scale = getattr(model, "scale", None)
     if scale not in (None, "custom") and args.get("scale") != scale:
         raise CheckpointError(f"pretrained={path}: checkpoint is scale {args.get('scale')}, the model is scale "
@@ -67,14 +93,41 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, log: Callable[[st
     if not loaded:
         raise CheckpointError(f"pretrained={path}: no tensor matches the model by name and shape")
     model.load_state_dict(loaded, strict=False)
+    remapped = remap_classes_by_name(model, state, args.get("names") or [], names or []) if reinitialised else []
     not_in_file = [name for name in own if name not in state]
     counts = {"loaded": len(loaded), "reinitialised": len(reinitialised), "skipped": len(skipped),
               "not_in_checkpoint": len(not_in_file)}
     log(f"pretrained {path}: loaded {len(loaded)}, re-initialised {len(reinitialised)}, skipped {len(skipped)} "
         f"tensors" + (f" (checkpoint has {args.get('num_classes')} classes, the model {model.num_classes}: class "
                       "branch re-initialised with the prior bias)" if reinitialised else "")
+        + (f"; classifier rows copied by name for {len(remapped)} of {model.num_classes} classes: "
+           f"{', '.join(remapped[:10])}" if remapped else "")
         + (f"; {len(not_in_file)} model tensors not in the checkpoint keep their init" if not_in_file else ""))
-    return counts
+    return {**counts, "remapped": len(remapped)} if remapped else counts
+
+
+def remap_classes_by_name(model: nn.Module, state: dict, source_names: list[str], names: list[str]) -> list[str]:
+    """Copy the checkpoint's last class-conv rows (weight, bias) into the model's rows of the same class name;
+    returns the names copied. Levels whose conv input widths differ are left as initialised."""
+    def key(name) -> str | None:  # placeholder names (class0, 0, ...) say nothing about a class
+        name = str(name).strip().lower()
+        return None if re.fullmatch(r"(class)?\d+", name) else name
+
+    lookup = {key(n): i for i, n in enumerate(source_names) if key(n)}
+    pairs = [(i, lookup[key(n)]) for i, n in enumerate(names) if key(n) in lookup]
+    if not pairs or [i for i, _ in pairs] == [j for _, j in pairs] == list(range(len(source_names))):
+        return []
+    own, copied = model.state_dict(), False
+    with torch.no_grad():
+        for level in range(len(model.head.cls_branches)):
+            weight, bias = f"{CLASS_BRANCH}{level}.2.weight", f"{CLASS_BRANCH}{level}.2.bias"
+            if weight not in state or state[weight].shape[1:] != own[weight].shape[1:]:
+                continue
+            for ours, theirs in pairs:
+                own[weight][ours].copy_(state[weight][theirs])
+                own[bias][ours].copy_(state[bias][theirs])
+            copied = True
+    return [str(names[i]) for i, _ in pairs] if copied else []
 
 
 def freeze_prefixes(layers: int | Iterable[int]) -> list[str]:

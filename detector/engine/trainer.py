@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from detector.engine import build, dist
-from detector.engine.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
+from detector.engine.checkpoint import (CheckpointError, capture_rng_state, load_state, read_checkpoint,
+                                       remove_orphaned_temporaries, restore_rng_state, save_checkpoint)
 from detector.engine.ema import ModelEMA, unwrap
 from detector.engine.logging import NullLogger, RunLogger
 from detector.engine.optim import apply_schedule, auto_warmup_bias_lr, warmup_iterations
-from detector.engine.pretrained import freeze_layers, load_pretrained
+from detector.engine.pretrained import freeze_layers, load_pretrained, read_pretrained, source_cls_width
 from detector.engine.validate import validate
 
 log = logging.getLogger("detector")
@@ -55,12 +56,23 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     rank, world_size = dist.init_distributed(device)
     build.seed_everything(cfg.seed + rank, cfg.deterministic)
     logger = RunLogger(run_dir) if rank == 0 else NullLogger()
+    if rank == 0:
+        for tmp in remove_orphaned_temporaries(run_dir / "checkpoints"):
+            log.warning("removed %s, the temporary file of a checkpoint write that did not finish", tmp)
 
     splits = instantiate(cfg.data)
     num_classes = len(splits.names)
+    source = None
+    if cfg.get("pretrained") and not cfg.resume:  # a resumed run restores its own weights (and width)
+        source = read_pretrained(cfg.pretrained)
+        width = source_cls_width(source, cfg.model.scale, num_classes)
+        if width is not None and cfg.model.get("cls_width") is None:
+            with open_dict(cfg):
+                cfg.model.cls_width = width  # recorded in the config, so that resume builds the same head
     model = build.build_model(cfg, num_classes).to(device, memory_format=build.memory_format(cfg))
-    if cfg.get("pretrained") and not cfg.resume:  # a resumed run restores its own weights
-        load_pretrained(model, cfg.pretrained, log=log.info if rank == 0 else lambda message: None)
+    if source is not None:
+        load_pretrained(model, cfg.pretrained, log=log.info if rank == 0 else lambda message: None,
+                        names=list(splits.names), source=source)
     if cfg.get("freeze"):
         log.info("freeze=%s: %d parameter tensors frozen", cfg.freeze, freeze_layers(model, cfg.freeze))
     criterion = build.build_criterion(cfg, num_classes)
@@ -85,7 +97,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     train_set = build.build_train_set(cfg, splits.train)
     val_loader = build.build_val_loader(cfg, splits.val) if rank == 0 else None
     meta = {"names": list(splits.names), "category_ids": list(splits.val.category_ids),
-            "model_args": {"scale": cfg.model.scale, "num_classes": num_classes, "reg_max": cfg.model.reg_max},
+            "model_args": {"scale": cfg.model.scale, "num_classes": num_classes, "reg_max": cfg.model.reg_max,
+                           "cls_width": unwrap(model).head.cls_width},
             "config": OmegaConf.to_container(cfg, resolve=True)}
     if rank == 0:
         log.info("run folder: %s | %d train / %d val images, %d classes | device %s x%d | accumulate %d | "
@@ -250,13 +263,20 @@ def resume_from(path, model, optimizer, ema: ModelEMA, scaler, device) -> TrainS
     if "train_state" not in checkpoint:
         raise ValueError(f"resume={path}: this checkpoint has no training state (best.pt?); resume from last.pt")
     train_state = checkpoint["train_state"]
-    model.load_state_dict(train_state["model"])
-    optimizer.load_state_dict(train_state["optimizer"])
-    ema.load_state_dict(train_state["ema"])
-    scaler.load_state_dict(train_state["scaler"])
-    restore_rng_state(train_state["rng"])
-    state = TrainState(epoch=int(train_state["next_epoch"]), iteration=int(train_state["iteration"]),
-                       last_step=int(train_state["last_step"]), best_ap=float(train_state["best_ap"]))
+    try:
+        load_state(model, train_state["model"], path, "training weights")
+        ema.load_state_dict(train_state["ema"])
+        optimizer.load_state_dict(train_state["optimizer"])
+        scaler.load_state_dict(train_state["scaler"])
+        restore_rng_state(train_state["rng"])
+        state = TrainState(epoch=int(train_state["next_epoch"]), iteration=int(train_state["iteration"]),
+                           last_step=int(train_state["last_step"]), best_ap=float(train_state["best_ap"]))
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        raise CheckpointError(f"resume={path}: its training state does not fit the model and optimiser its own "
+                              f"config builds ({detail}); the file is inconsistent or was edited") from None
     log.info("resumed from %s at epoch %d%s", path, state.epoch + 1,
              " (interrupted mid-epoch: that epoch is run again)" if train_state.get("interrupted") else "")
     return state

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from detector.eval.plots import figure_pr_curves, figure_score_vs_iou, save
@@ -18,8 +19,15 @@ DESCRIPTIONS = {
 
 
 def format_metrics_table(metrics: dict) -> str:
-    return "\n".join(f"{name:>8}  {DESCRIPTIONS.get(name, ''):<48} {metrics[name]:.4f}"
+    """One line per metric; a NaN (the val set has no labelled box) reads "undefined"."""
+    return "\n".join(f"{name:>8}  {DESCRIPTIONS.get(name, ''):<48} "
+                     + ("undefined" if math.isnan(metrics[name]) else f"{metrics[name]:.4f}")
                      for name in DESCRIPTIONS if name in metrics)
+
+
+def json_number(value):
+    """A metric for metrics.json: NaN (undefined) becomes null, which JSON has."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def format_per_class_table(per_class: dict) -> str:
@@ -34,7 +42,12 @@ def write_eval_outputs(out_dir, result, names: list[str]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "detections.json").write_text(json.dumps(result.detections))
-    (out / "metrics.json").write_text(json.dumps({"metrics": result.metrics, "per_class": result.per_class}, indent=2))
+    report = {"metrics": {k: json_number(v) for k, v in result.metrics.items()}, "per_class": result.per_class}
+    if getattr(result, "undefined", None):
+        report["undefined"] = result.undefined
+    if getattr(result, "left_out", None):
+        report["left_out"] = list(result.left_out)  # val images that could not be decoded: not in the metric
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
     if result.precision is not None:
         save(figure_pr_curves(result.precision, names), out / "pr_curves.png")
     save(figure_score_vs_iou(*result.score_iou), out / "score_vs_iou.png")

@@ -56,13 +56,16 @@ class Detector(nn.Module):
         return self
 
 
-def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16) -> Detector:
-    """A YOLOv8-layout detector; scale in n/s/m/l/x (YOLOv8 depths, widths and channel caps)."""
+def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None) -> Detector:
+    """A YOLOv8-layout detector; scale in n/s/m/l/x (YOLOv8 depths, widths and channel caps);
+    ``cls_width`` None gives ultralytics' class-branch width (detector.models.head)."""
     if scale not in SCALES:
         raise ValueError(f"unknown model scale {scale!r}; valid: {', '.join(SCALES)}")
     if num_classes < 1 or reg_max < 1:
         raise ValueError(f"num_classes and reg_max must be >= 1, got {num_classes}, {reg_max}")
     backbone = CSPDarknet(SCALES[scale])
     neck = PANFPN(backbone.out_channels, SCALES[scale])
-    head = DecoupledHead(neck.out_channels, num_classes=num_classes, reg_max=reg_max)
+    if cls_width is not None and not 1 <= cls_width <= 4096:
+        raise ValueError(f"cls_width must be in [1, 4096] or None, got {cls_width}")
+    head = DecoupledHead(neck.out_channels, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
     return Detector(backbone=backbone, neck=neck, head=head, scale=scale)

@@ -32,19 +32,29 @@ class HeadOutput(NamedTuple):
     strides: Tensor
 
 
+def default_cls_width(in_channels: tuple[int, ...], num_classes: int) -> int:
+    """ultralytics' class-branch width: max(in_channels[0], min(C, 100))."""
+    return max(in_channels[0], min(num_classes, 100))
+
+
 class DecoupledHead(nn.Module):
     """Box branch: 3x3 Conv, 3x3 Conv, 1x1 to 4*reg_max. Class branch: 3x3, 3x3, 1x1 to C.
+
+    ``cls_width``: the class branch's hidden width; None gives ultralytics' max(in_channels[0],
+    min(C, 100)). A run fine-tuned from weights of another class count keeps the source's width so
+    that the branch's hidden layers transfer (ultralytics 8.4 does the same).
 
     Bias init: class bias log(5 / C / (640 / s)^2) at stride s (about five objects per 640 px
     image, spread over the level's cells), box bias 1.0 (a flat-ish distribution).
     """
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, reg_max: int = 16,
-                 strides: tuple[int, ...] = (8, 16, 32)):
+                 strides: tuple[int, ...] = (8, 16, 32), cls_width: int | None = None):
         super().__init__()
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         box_width = max(16, in_channels[0] // 4, 4 * reg_max)
-        cls_width = max(in_channels[0], min(num_classes, 100))
+        cls_width = cls_width or default_cls_width(in_channels, num_classes)
+        self.cls_width = cls_width
         self.box_branches = nn.ModuleList(
             nn.Sequential(Conv(c, box_width, 3), Conv(box_width, box_width, 3), nn.Conv2d(box_width, 4 * reg_max, 1))
             for c in in_channels)

@@ -151,7 +151,7 @@ def test_cache_mode_words():
 def test_large_jpeg_decoded_at_reduced_scale_matches_a_full_decode(tmp_path):
     import cv2
 
-    from detector.data.base import read_image, read_resized
+    from detector.data.base import ImageDecodeError, read_image, read_resized
 
     rng = np.random.default_rng(3)
     image = cv2.GaussianBlur(rng.integers(0, 256, (1000, 1400, 3), dtype=np.uint8), (0, 0), 6)
@@ -161,6 +161,6 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_a_full_decode(tmp_path):
     full, _ = read_resized(path, 320)  # size unknown: every pixel decoded
     assert orig == (1000, 1400) and reduced.shape == full.shape == (229, 320, 3)
     assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 2.0
-    lied, orig = read_resized(path, 320, size=(2800, 2000))  # a json size that is not the file's
-    assert orig == (1000, 1400) and lied.shape == (229, 320, 3)
+    with pytest.raises(ImageDecodeError, match="decodes to 1400x1000, not the 2800x2000 its annotation gives"):
+        read_resized(path, 320, size=(2800, 2000))  # a json size that is not the file's: its boxes would not fit
     np.testing.assert_array_equal(read_image(path), cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))

@@ -7,6 +7,7 @@ import torch
 from pycocotools.coco import COCO
 
 from detector.data import CocoDetection, YoloDetection, yolo_splits, yolo_to_coco
+from detector.data.base import ImageDecodeError
 
 
 
@@ -77,14 +78,16 @@ def test_undecodable_image_is_replaced_and_reported(yolo_set, caplog):
     assert image.shape[0] == 3 and target["image_id"] != 0 or len(ds) == 2
 
 
-def test_truncated_jpeg_in_coco_is_replaced(coco_set, caplog):
+def test_truncated_image_in_coco_raises_naming_it_never_another_image(coco_set):
+    """Read directly, an image cut short raises; no neighbour is given in its place (the training
+    pipeline replaces it, a val loader leaves it out: tests/data/test_files_from_elsewhere.py)."""
     img_dir, ann = coco_set
     data = (img_dir / "a.png").read_bytes()
     (img_dir / "a.png").write_bytes(data[:40])
     ds = CocoDetection(img_dir, ann)
-    with caplog.at_level(logging.WARNING, logger="detector"):
-        _, target = ds[0]
-    assert target["image_id"] == 9 and "a.png" in caplog.text
+    with pytest.raises(ImageDecodeError, match=re.escape(f"{img_dir / 'a.png'}: cannot be decoded")):
+        ds[0]
+    assert ds[1][1]["image_id"] == 9
 
 
 def test_jpeg_cut_short_is_skipped(yolo_set, caplog):
@@ -103,10 +106,9 @@ def test_jpeg_cut_short_is_skipped(yolo_set, caplog):
     folder = yolo_set / "images" / "train"
     (folder / "a.png").unlink()
     (folder / "a.jpg").write_bytes(cut)
-    with caplog.at_level(logging.WARNING, logger="detector"):
-        ds = YoloDetection(yolo_set, "train", names=["a", "b"])
-        _, target = ds[0]  # a.jpg is first: replaced by the next image, b.png
-    assert target["image_id"] == 1 and "a.jpg" in caplog.text
+    ds = YoloDetection(yolo_set, "train", names=["a", "b"])
+    with pytest.raises(ImageDecodeError, match=r"a\.jpg: cannot be decoded \(truncated or not an image\)"):
+        ds[0]  # a.jpg is first: its header reads, its pixels do not
 
 
 def test_images_without_a_label_file_are_kept_as_background_and_reported(yolo_set, caplog):
@@ -119,12 +121,14 @@ def test_images_without_a_label_file_are_kept_as_background_and_reported(yolo_se
 def test_coco_json_pointing_at_missing_images(coco_set, caplog):
     img_dir, ann = coco_set
     (img_dir / "b.png").unlink()
-    data = json.loads(ann.read_text())
-    data["annotations"].append({"id": 9, "image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})
-    ann.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING, logger="detector"):
         ds = CocoDetection(img_dir, ann)
-    assert len(ds) == 2 and "b.png" in caplog.text and "id 9" in caplog.text
+    assert len(ds) == 2 and "1 x images missing on disk" in caplog.text and "b.png" in caplog.text
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 9, "image_id": 999, "category_id": 3, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})
+    ann.write_text(json.dumps(data))  # an annotation of no image: the json is refused, naming it
+    with pytest.raises(ValueError, match=re.escape(f"{ann}: annotation id 9: image_id 999 is not the id of an image")):
+        CocoDetection(img_dir, ann)
 
 
 def test_nothing_valid_is_refused(tmp_path, write_image):

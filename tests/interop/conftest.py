@@ -1,6 +1,7 @@
 """Fixtures for the ultralytics interop tests: the committed checkpoint, its expected outputs, and a
 pickle rewriter that turns it into the files other ultralytics versions, tasks and architectures
 write (module paths and class names are plain text in a protocol-2 pickle)."""
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -59,3 +60,12 @@ def coco128_root() -> Path:
     if root is None:
         pytest.skip("COCO128 is absent ($COCO128, else ../shared/data/coco128)")
     return root
+
+
+@pytest.fixture(scope="session")
+def crafted():
+    """tests/interop/crafted.py, the hostile-file helpers (loaded by path: test modules cannot import it)."""
+    spec = importlib.util.spec_from_file_location("interop_crafted", Path(__file__).with_name("crafted.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -34,7 +34,7 @@ def test_converted_file_is_plain_tensors_and_equals_the_import(converted, ul_che
     from detector.interop import load_ultralytics
 
     state = torch.load(converted, map_location="cpu", weights_only=True)
-    assert state["model_args"] == {"scale": "n", "num_classes": 80, "reg_max": 16}
+    assert state["model_args"] == {"scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}
     assert state["names"][0] == "person" and state["config"]["imgsz"] == 160
     assert state["config"]["source"]["format"] == "ultralytics"
     imported = load_ultralytics(ul_checkpoint)[0].state_dict()
@@ -86,9 +86,15 @@ def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
     result = run_tool("train.py", *tiny_train_args(tmp_path, run_dir, f"pretrained={ul_checkpoint}", "freeze=10"))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
-    assert "loaded 312, re-initialised 42, skipped 0 tensors (checkpoint has 80 classes, the model 6" in log
+    # the class branch keeps the checkpoint's width (80, not n's 64 at 6 classes): only its last conv is new
+    assert "loaded 348, re-initialised 6, skipped 0 tensors (checkpoint has 80 classes, the model 6" in log
     assert "freeze=10: 81 parameter tensors frozen" in log
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["train_state"]["model"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["model_args"]["cls_width"] == 80 and checkpoint["config"]["model"]["cls_width"] == 80
+    from detector.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")[0].head.cls_width == 80
+    state = checkpoint["train_state"]["model"]
     from detector.interop import load_ultralytics
 
     source = load_ultralytics(ul_checkpoint)[0].state_dict()

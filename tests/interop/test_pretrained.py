@@ -98,3 +98,52 @@ def test_the_optimizer_skips_frozen_parameters():
     groups = param_groups(model, weight_decay=5e-4)
     in_groups = {id(p) for g in groups for p in g["params"]}
     assert in_groups == {id(p) for p in model.head.parameters()}
+
+
+def test_a_new_class_count_keeps_the_checkpoints_class_branch_width(ul_checkpoint, imported):
+    """ultralytics 8.4: the hidden layers of the class branch transfer, only its last conv is new."""
+    from detector.engine.pretrained import read_pretrained, source_cls_width
+
+    source = read_pretrained(ul_checkpoint)
+    assert source_cls_width(source, "n", 3) == 80 and source_cls_width(source, "n", 80) is None
+    assert source_cls_width(source, "s", 3) is None  # another scale: nothing of the branch can transfer
+    model = build_model("n", 3, cls_width=80)
+    counts = load_pretrained(model, ul_checkpoint, log=lambda message: None, source=source)
+    # 3 levels x 2 hidden Conv x (weight + 4 BN tensors + num_batches_tracked) load; 3 x (weight + bias) are new
+    assert counts == {"loaded": 348, "reinitialised": 6, "skipped": 0, "not_in_checkpoint": 0}
+    state, theirs = model.state_dict(), imported.state_dict()
+    assert torch.equal(state["head.cls_branches.1.1.conv.weight"], theirs["head.cls_branches.1.1.conv.weight"])
+    assert torch.allclose(state["head.cls_branches.0.2.bias"], torch.full((3,), math.log(5 / 3 / 80 ** 2)))
+
+
+def test_classifier_rows_are_copied_by_class_name(ul_checkpoint, imported):
+    model, messages = build_model("n", 3, cls_width=80), []
+    counts = load_pretrained(model, ul_checkpoint, log=messages.append, names=["Dog ", "person", "class7"])
+    assert counts["remapped"] == 2 and "copied by name for 2 of 3 classes: Dog , person" in messages[0]
+    state, theirs = model.state_dict(), imported.state_dict()
+    for level in range(3):
+        weight, bias = f"head.cls_branches.{level}.2.weight", f"head.cls_branches.{level}.2.bias"
+        assert torch.equal(state[weight][0], theirs[weight][16]) and torch.equal(state[bias][1], theirs[bias][0])
+        assert torch.equal(state[bias][2], torch.tensor(math.log(5 / 3 / (640 / (8 * 2 ** level)) ** 2)))
+    default = build_model("n", 3)  # default width 64: rows cannot be copied into another width
+    assert "remapped" not in load_pretrained(default, ul_checkpoint, log=lambda m: None, names=["dog", "person", "x"])
+
+
+def test_a_file_ultralytics_fine_tuned_to_another_class_count_imports(ul_checkpoint, crafted, tmp_path):
+    """ultralytics 8.4 keeps the 80-wide class branch when it fine-tunes this 80-class n model to 1 class."""
+    from detector.engine.checkpoint import load_checkpoint
+    from detector.interop.unpickler import restricted_load
+
+    checkpoint = restricted_load(ul_checkpoint)
+    head = checkpoint["model"].state["_modules"]["model"].state["_modules"]["22"]
+    head.state["nc"] = 1
+    for level in range(3):
+        conv = head.state["_modules"]["cv3"].state["_modules"][str(level)].state["_modules"]["2"]
+        conv.state["_parameters"] = {name: tensor[:1].clone() for name, tensor in conv.state["_parameters"].items()}
+    checkpoint.pop("ema", None)
+    path = crafted.resave(checkpoint, tmp_path / "fine_tuned.pt")
+    model, config = load_checkpoint(path)
+    assert model.num_classes == 1 and model.head.cls_width == 80 and config["model"]["cls_width"] == 80
+    imported = load_ultralytics(ul_checkpoint)[0].state_dict()
+    assert torch.equal(model.state_dict()["head.cls_branches.2.1.conv.weight"],
+                       imported["head.cls_branches.2.1.conv.weight"].float())
