@@ -56,10 +56,10 @@ def payloads(marker: Path) -> dict:
 def crafted(genuine, tmp_path, edit) -> tuple[Path, Path]:
     """A copy of the genuine last.pt whose config ``edit(config, marker)`` changed: (its path, the marker)."""
     _, state = genuine
-    state = copy.deepcopy(state)
+    state = {k: v for k, v in state.items() if k not in ("format", "train_state")}  # refused before it is read
+    state["config"] = copy.deepcopy(state["config"])
     marker = tmp_path / "ran"
     edit(state["config"], marker)
-    state.pop("format")
     path = tmp_path / "crafted" / "last.pt"
     save_checkpoint(state, path)
     return path, marker
