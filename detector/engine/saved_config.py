@@ -29,6 +29,7 @@ from detector.engine.checkpoint import CheckpointError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CALL_KEYS = ("_args_", "_recursive_", "_convert_")
 PLAIN = (str, int, float, bool, type(None))
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: about 10x faster, read on first use
 
 
 class SavedConfigError(CheckpointError):
@@ -48,7 +49,7 @@ def allowed_targets(config_dir: Path = CONFIG_DIR) -> dict[str, dict[str, object
         group = path.parent.relative_to(config_dir).as_posix()
         is_global = group == "." or "@package _global_" in text.split("\n", 1)[0]
         prefix = "" if is_global else group.replace("/", ".")
-        _collect(yaml.safe_load(text) or {}, prefix, allowed)
+        _collect(yaml.load(text, Loader=SAFE_LOADER) or {}, prefix, allowed)
     return allowed
 
 
