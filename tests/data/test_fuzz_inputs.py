@@ -20,7 +20,7 @@ from detector.data.base import Problems
 from detector.data.data_yaml import DataYamlError, read_data_yaml, split_images
 from detector.data.yolo import parse_label_lines, read_yolo_index
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WIDTH, HEIGHT, CLASSES = 256, 128, 3
 names = itertools.count()
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st  # noqa: E402
 from detector.engine.checkpoint import CheckpointError  # noqa: E402
 from detector.interop import load_ultralytics, restricted_load  # noqa: E402
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # A genuine load takes ~0.3 s: these properties run fewer examples (hypothesis keeps the failing ones).
 GENUINE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
