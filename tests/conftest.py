@@ -40,3 +40,22 @@ def calibrated_model():
         return model
 
     return make
+
+
+class RedBoxModel(torch.nn.Module):
+    """A perfect 'detector' of red blocks: it boxes the red pixels of each image (position-exact)."""
+
+    def predict(self, images, conf=0.001, iou=0.7, max_det=300):
+        out = []
+        for image in images:  # [3, H, W] in [0, 1]
+            red = (image[0] > 0.8) & (image[1] < 0.3) & (image[2] < 0.3)
+            ys, xs = torch.nonzero(red, as_tuple=True)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            out.append({"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)})
+        return out
+
+
+@pytest.fixture
+def red_box_model():
+    """A RedBoxModel: detections that are exact wherever the images hold one red block."""
+    return RedBoxModel()

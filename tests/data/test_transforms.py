@@ -269,20 +269,7 @@ def test_rect_batch_shapes_follow_yolov8_val():
     assert shapes.tolist() == [[512, 672], [672, 672], [672, 352]]
 
 
-class RedBoxModel(torch.nn.Module):
-    """A 'detector' that boxes the red pixels of each image: position-exact, for mapping tests."""
-
-    def predict(self, images, conf=0.001, iou=0.7, max_det=300):
-        out = []
-        for image in images:  # [3, H, W] in [0, 1]
-            red = (image[0] > 0.8) & (image[1] < 0.3) & (image[2] < 0.3)
-            ys, xs = torch.nonzero(red, as_tuple=True)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            out.append({"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)})
-        return out
-
-
-def test_rect_val_batches_map_back_and_score_like_square_ones(rectangles, tmp_path):
+def test_rect_val_batches_map_back_and_score_like_square_ones(rectangles, tmp_path, red_box_model):
     from omegaconf import OmegaConf
 
     from detector.data.yolo import yolo_to_coco
@@ -303,7 +290,7 @@ def test_rect_val_batches_map_back_and_score_like_square_ones(rectangles, tmp_pa
             assert torch.allclose(original, torch.from_numpy(sizes[image_id].boxes), atol=1e-4)
             seen.append(image_id)
     assert sorted(seen) == sorted(sizes) and rect_loader.dataset.shapes.max() <= 128 + 32
-    model = RedBoxModel()
+    model = red_box_model
     rect = predict_loader(model, rect_loader, [1])
     square = predict_loader(model, build_val_loader(cfg, rectangles, rect=False), [1])
     by_id = {d["image_id"]: np.array(d["bbox"]) for d in square}

@@ -27,19 +27,6 @@ def fresh_warnings(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "user_cache"))
 
 
-class RedBoxModel(torch.nn.Module):
-    """A perfect 'detector' on these sets: it boxes the red pixels of each image."""
-
-    def predict(self, images, conf=0.001, iou=0.7, max_det=300):
-        out = []
-        for image in images:  # [3, H, W] in [0, 1]
-            red = (image[0] > 0.8) & (image[1] < 0.3) & (image[2] < 0.3)
-            ys, xs = torch.nonzero(red, as_tuple=True)
-            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
-            out.append({"boxes": box, "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)})
-        return out
-
-
 def red_set(root, count=4, labelled=True):
     """``count`` 64 x 64 PNGs with a red block of its own size each, labelled (or not) in YOLO layout."""
     for i in range(count):
@@ -68,12 +55,12 @@ def loader(splits, rect, batch_size=2):
 
 
 @pytest.mark.parametrize("rect", [False, True])
-def test_an_undecodable_val_image_leaves_both_detections_and_ground_truth(tmp_path, caplog, rect):
+def test_an_undecodable_val_image_leaves_both_detections_and_ground_truth(tmp_path, caplog, rect, red_box_model):
     root = red_set(tmp_path / "set")
     cut_short(root / "images" / "val" / "1.png")
     splits = splits_of(root)
     with caplog.at_level(logging.WARNING, logger="detector"):
-        result = evaluate(RedBoxModel(), loader(splits, rect), splits.val_ann_file, [1], progress=False)
+        result = evaluate(red_box_model, loader(splits, rect), splits.val_ann_file, [1], progress=False)
     # before: 1.png was replaced by 2.png, whose box then counted twice, and 1.png's box as missed (AP 0.69)
     assert sorted(d["image_id"] for d in result.detections) == [0, 2, 3]
     assert result.metrics["AP"] == pytest.approx(1.0) and result.metrics["AR100"] == pytest.approx(1.0)
@@ -82,7 +69,7 @@ def test_an_undecodable_val_image_leaves_both_detections_and_ground_truth(tmp_pa
     assert f"1 val image could not be decoded and was left out of the metric: {path}" in caplog.text
 
 
-def test_a_batch_left_out_whole_is_skipped(tmp_path):
+def test_a_batch_left_out_whole_is_skipped(tmp_path, red_box_model):
     root = red_set(tmp_path / "set")
     for name in ("0.png", "1.png"):
         cut_short(root / "images" / "val" / name)
@@ -90,7 +77,7 @@ def test_a_batch_left_out_whole_is_skipped(tmp_path):
     batches = list(loader(splits, rect=False))
     assert batches[0]["images"].shape == (0, 3, 0, 0) and batches[0]["image_ids"].tolist() == []
     assert len(batches[0]["left_out"]) == 2 and batches[1]["image_ids"].tolist() == [2, 3]
-    result = evaluate(RedBoxModel(), loader(splits, rect=False), splits.val_ann_file, [1], progress=False)
+    result = evaluate(red_box_model, loader(splits, rect=False), splits.val_ann_file, [1], progress=False)
     assert result.metrics["AP"] == pytest.approx(1.0) and len(result.left_out) == 2
 
 
@@ -108,7 +95,7 @@ def test_direct_use_raises_and_training_still_replaces(tmp_path, caplog):
     assert target["image_id"] == 2 and "1.png cannot be decoded (truncated or not an image): skipped" in caplog.text
 
 
-def test_coco_images_missing_on_disk_leave_the_metric_and_are_counted(tmp_path, caplog):
+def test_coco_images_missing_on_disk_leave_the_metric_and_are_counted(tmp_path, caplog, red_box_model):
     images = tmp_path / "images"
     red_set(tmp_path / "yolo")
     records, annotations = [], []
@@ -124,15 +111,15 @@ def test_coco_images_missing_on_disk_leave_the_metric_and_are_counted(tmp_path, 
     val = CocoDetection(images, ann)
     val_loader = build_val_loader(OmegaConf.create({"imgsz": 64, "val_batch_size": 2, "workers": 0}), val)
     with caplog.at_level(logging.WARNING, logger="detector"):
-        result = evaluate(RedBoxModel(), val_loader, str(ann), [1], progress=False)
+        result = evaluate(red_box_model, val_loader, str(ann), [1], progress=False)
     assert result.metrics["AP"] == pytest.approx(1.0) and result.not_scored == 1  # before: 2.png's box was missed
     assert "1 image is not in the val set (missing on disk" in caplog.text
 
 
-def test_a_val_set_without_boxes_says_ap_is_undefined(tmp_path, caplog):
+def test_a_val_set_without_boxes_says_ap_is_undefined(tmp_path, caplog, red_box_model):
     splits = splits_of(red_set(tmp_path / "set", labelled=False))
     with caplog.at_level(logging.WARNING, logger="detector"):
-        result = evaluate(RedBoxModel(), loader(splits, rect=False), splits.val_ann_file, [1], progress=False)
+        result = evaluate(red_box_model, loader(splits, rect=False), splits.val_ann_file, [1], progress=False)
     assert result.undefined == NO_BOXES and math.isnan(result.metrics["AP"])  # before: AP -1
     assert "the val set has no labelled boxes: AP is undefined" in caplog.text
     assert "AP @[IoU=0.50:0.95 | area=all | maxDets=100]" in format_metrics_table(result.metrics)
