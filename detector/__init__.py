@@ -2,7 +2,7 @@
 
 Public entry points: ``Detector`` (the Python API: train/predict/evaluate/export over the same
 Hydra configs as tools/*.py; its ``.model`` is the torch module), ``build_model`` and
-``load_checkpoint`` (which return that module, ``detector.models.Detector``); see README.md.
+``load_checkpoint`` (which return that module, ``detector.models.DetectionModel``); see README.md.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """(model: ``detector.models.Detector``, config dict) from a checkpoint written by the trainer,
+    """(model: ``detector.models.DetectionModel``, config dict) from a checkpoint written by the trainer,
     or from an ultralytics YOLOv8 detection .pt (read without running code from it)."""
     from detector.engine.checkpoint import load_checkpoint as _load
 

@@ -39,7 +39,7 @@ class Detector:
     ``model``: a checkpoint path (ours, or an ultralytics YOLOv8 detection .pt; read by
     ``detector.load_checkpoint``) or a scale name n/s/m/l/x for a fresh, untrained model of
     ``num_classes`` classes. Attributes: ``model`` (the ``torch.nn.Module``,
-    ``detector.models.Detector``), ``names``, ``config`` (the checkpoint's run config, {} for a
+    ``detector.models.DetectionModel``), ``names``, ``config`` (the checkpoint's run config, {} for a
     fresh model), ``ckpt_path`` (None for a fresh model), ``run_dir`` (the last call's run folder).
     """
 

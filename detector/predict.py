@@ -61,7 +61,7 @@ def list_images(source: str | os.PathLike) -> list[Path]:
 
 
 class TorchPredictor:
-    """A Detector (fused, eval) on a device. ``names`` from the checkpoint; ``imgsz`` its training size."""
+    """A DetectionModel (fused, eval) on a device. ``names`` from the checkpoint; ``imgsz`` its training size."""
 
     def __init__(self, model, device: torch.device | str = "cpu", imgsz: int | None = None):
         self.device = torch.device(device)

@@ -19,7 +19,7 @@ from detector.data.base import read_image
 from detector.data.synthetic import make_image
 from detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.exporting import ExportError
-from detector.models import Detector as DetectorModule
+from detector.models import DetectionModel as DetectorModule
 from detector.predict import SourceError, load_predictor, predict_image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 A checkpoint holds only tensors and plain containers:
     format        "detector-checkpoint-v1"
     model         state dict of the weights to use for inference (the EMA weights)
-    model_args    {"scale", "num_classes", "reg_max", "cls_width"}: enough to rebuild the Detector
+    model_args    {"scale", "num_classes", "reg_max", "cls_width"}: enough to rebuild the DetectionModel
     names         class names; category_ids: label -> category id of the data set's json
     config        the resolved run config as a plain dict
     epoch         the last completed epoch (0-based)
@@ -206,7 +206,7 @@ def plain_list(state: dict, key: str, kind: type, path) -> list:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
-    """(Detector in eval mode with the checkpoint's inference weights, config dict).
+    """(DetectionModel in eval mode with the checkpoint's inference weights, config dict).
 
     An ultralytics YOLOv8 detection .pt is recognised and imported (detector.interop, no code from
     the file runs); its config dict holds ``imgsz`` and ``source: "ultralytics"``.

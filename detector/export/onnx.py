@@ -1,4 +1,4 @@
-"""ONNX export of a Detector, with the box decoding (and optionally NMS) inside the graph.
+"""ONNX export of a DetectionModel, with the box decoding (and optionally NMS) inside the graph.
 
 Graph contract (DESIGN.md):
     input   images       [B, 3, H, W] float32 in [0, 1] (letterboxed RGB; H, W multiples of 32)
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from detector.boxes import make_anchors
-from detector.models.detector import MAX_STRIDE, Detector
+from detector.models.detector import MAX_STRIDE, DetectionModel
 from detector.timing import median_ms
 
 FORMAT = "detector-onnx-v1"
@@ -56,14 +56,14 @@ class OnnxLayoutError(ValueError):
 
 
 class DecodedDetector(nn.Module):
-    """Detector -> predictions [B, A, 4 + C], with anchors built from the traced feature shapes.
+    """DetectionModel -> predictions [B, A, 4 + C], with anchors built from the traced feature shapes.
 
     The head builds its anchors from Python ints (constants once traced); here they are rebuilt
     from ``feature.shape`` so that a dynamic-size export stays correct at every size. The head's
     own constant anchors are left unused and dropped from the graph.
     """
 
-    def __init__(self, model: Detector):
+    def __init__(self, model: DetectionModel):
         super().__init__()
         self.model = model
 
@@ -73,7 +73,7 @@ class DecodedDetector(nn.Module):
         sizes = [(f.shape[2], f.shape[3]) for f in features]  # traced, not constants
         anchor_points, strides = make_anchors(sizes, list(self.model.strides), device=images.device,
                                               dtype=images.dtype)  # [A, 2] px, [A]
-        return Detector.decode(out._replace(anchor_points=anchor_points, strides=strides))  # [B, A, 4 + C]
+        return DetectionModel.decode(out._replace(anchor_points=anchor_points, strides=strides))  # [B, A, 4 + C]
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -143,7 +143,7 @@ class DetectorWithNMS(nn.Module):
         return out_boxes, out_scores, out_labels, valid.long().sum(1)
 
 
-def export_onnx(model: Detector, path: str | os.PathLike, imgsz: int = 640, dynamic: bool = False,
+def export_onnx(model: DetectionModel, path: str | os.PathLike, imgsz: int = 640, dynamic: bool = False,
                 nms: bool = False, conf: float = 0.25, iou: float = 0.7, max_det: int = 100,
                 opset: int = DEFAULT_OPSET, batch: int = 1) -> Path:
     """Export ``model`` (a copy is fused and put in eval mode; the argument is left untouched).
@@ -225,7 +225,7 @@ def _finish_proto(path: str | os.PathLike, metadata: dict[str, str], output_shap
     onnx.save(proto, str(path))
 
 
-def _output_shapes(model: Detector, imgsz: int, batch: int, dynamic: bool, nms: bool, max_det: int) -> dict:
+def _output_shapes(model: DetectionModel, imgsz: int, batch: int, dynamic: bool, nms: bool, max_det: int) -> dict:
     b = "batch" if dynamic else batch
     if nms:
         return {"boxes": [b, max_det, 4], "scores": [b, max_det], "labels": [b, max_det], "num_dets": [b]}
@@ -339,7 +339,7 @@ def detection_difference(expected: list[dict], actual: list[dict]) -> float:
     return worst
 
 
-def max_difference(model: Detector, detector: OnnxDetector, images: np.ndarray) -> float:
+def max_difference(model: DetectionModel, detector: OnnxDetector, images: np.ndarray) -> float:
     """Largest abs difference between onnxruntime and the PyTorch model (as given, in eval mode) on
     ``images`` float32 [B, 3, H, W]: of ``predictions`` (px and scores) for the raw layout; of the
     detections against ``model.predict`` at the exported conf/iou/max_det for the NMS layout

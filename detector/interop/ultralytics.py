@@ -1,4 +1,4 @@
-"""Import an ultralytics YOLOv8 detection checkpoint into our Detector, without ultralytics.
+"""Import an ultralytics YOLOv8 detection checkpoint into our DetectionModel, without ultralytics.
 
 An ultralytics .pt is a dict: 'model' and/or 'ema' hold a pickled ``DetectionModel`` (fp16 once
 saved by its trainer), next to 'train_args', 'date', 'version', ... The pickled model's
@@ -281,7 +281,7 @@ def _text(value) -> str:
 
 
 def load_ultralytics(path: str | Path):
-    """(Detector in eval mode with .names, report dict) from an ultralytics YOLOv8 detection .pt.
+    """(DetectionModel in eval mode with .names, report dict) from an ultralytics YOLOv8 detection .pt.
 
     The report says which weights were used ('ema' preferred over 'model'), the scale, class count,
     how many tensors were mapped and which were not (the DFL constant, verified to be 0..reg_max-1).

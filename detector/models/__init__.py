@@ -1,6 +1,19 @@
-"""The model: CSPDarknet backbone, PAN-FPN neck, decoupled head (see detector.py)."""
-from detector.models.detector import Detector, build_model
+"""The model: CSPDarknet backbone, PAN-FPN neck, decoupled head (see detector.py).
+
+``DetectionModel`` is the ``torch.nn.Module``; ``detector.Detector`` is the Python API around it.
+"""
+import warnings
+
+from detector.models.detector import DetectionModel, build_model
 from detector.models.head import DecoupledHead, HeadOutput
 from detector.models.postprocess import postprocess
 
-__all__ = ["Detector", "build_model", "DecoupledHead", "HeadOutput", "postprocess"]
+__all__ = ["DetectionModel", "build_model", "DecoupledHead", "HeadOutput", "postprocess"]
+
+
+def __getattr__(name: str):
+    if name == "Detector":  # the module's name until 0.2; detector.Detector is the API
+        warnings.warn("detector.models.Detector is now detector.models.DetectionModel (detector.Detector is the "
+                      "Python API)", DeprecationWarning, stacklevel=2)
+        return DetectionModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

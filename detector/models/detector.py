@@ -15,7 +15,7 @@ from detector.models.postprocess import postprocess
 MAX_STRIDE = 32
 
 
-class Detector(nn.Module):
+class DetectionModel(nn.Module):
     def __init__(self, *, backbone: nn.Module, neck: nn.Module, head: DecoupledHead, scale: str = "custom"):
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
@@ -48,7 +48,7 @@ class Detector(nn.Module):
         finally:
             self.train(was_training)
 
-    def fuse(self) -> "Detector":
+    def fuse(self) -> "DetectionModel":
         """Fold every Conv+BN pair into one conv (inference and export); in place."""
         for module in self.modules():
             if isinstance(module, Conv):
@@ -56,7 +56,7 @@ class Detector(nn.Module):
         return self
 
 
-def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None) -> Detector:
+def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None) -> DetectionModel:
     """A YOLOv8-layout detector; scale in n/s/m/l/x (YOLOv8 depths, widths and channel caps);
     ``cls_width`` None gives ultralytics' class-branch width (detector.models.head)."""
     if scale not in SCALES:
@@ -68,4 +68,4 @@ def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_
     if cls_width is not None and not 1 <= cls_width <= 4096:
         raise ValueError(f"cls_width must be in [1, 4096] or None, got {cls_width}")
     head = DecoupledHead(neck.out_channels, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
-    return Detector(backbone=backbone, neck=neck, head=head, scale=scale)
+    return DetectionModel(backbone=backbone, neck=neck, head=head, scale=scale)
