@@ -10,27 +10,35 @@ option works from Python.
     path = d.export(nms=True)                  # the checked .onnx file
 
 Keyword arguments become Hydra overrides (``epochs=3`` -> ``epochs=3``, ``loss_cls="vfl"`` ->
-``loss_cls=vfl``; dotted keys through ``**{"data.root": ...}``); ``overrides=["dfl=off", "+x=1"]``
+``loss_cls=vfl``; dotted keys through ``**{"data.root": ...}``); ``overrides=["dfl=off", "epochs=3"]``
 takes them as written on the command line. Each call writes its run folder as the tool does
 (``<out_dir>/<task>/<timestamp>``, or ``hydra.run.dir=...``) with ``.hydra/`` and ``<task>.log``.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
+import functools
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from detector.engine import tasks
+from detector.engine.compose import compose_task, log_to, run_dir_of_job, run_task
+from detector.engine.compose import config_dir as config_dir_default
+
 log = logging.getLogger("detector")
 
 SCALES = ("n", "s", "m", "l", "x")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+__all__ = ["Detector", "log_to"]
+
+
+def check_overrides(task: str, overrides: list[str], directory: Path) -> None:
+    from detector.engine.overrides import check_overrides as check
+
+    check(task, overrides, directory)
 
 
 class Detector:
@@ -45,7 +53,7 @@ class Detector:
 
     def __init__(self, model: str | os.PathLike = "n", num_classes: int = 80, *,
                  config_dir: str | os.PathLike | None = None):
-        self.config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
+        self.config_dir = Path(config_dir) if config_dir is not None else config_dir_default()
         self.run_dir: Path | None = None
         self.ckpt_path: Path | None = None
         self.config: dict = {}
@@ -90,25 +98,17 @@ class Detector:
 
     # ----------------------------------------------------------------------------------- tasks
     def train(self, overrides: list[str] | str | None = None, **kwargs) -> dict:
-        """Train as ``tools/train.py`` with these overrides; returns the run's summary (best_AP,
+        """Train as ``detector train`` with these overrides; returns the run's summary (best_AP,
         final metrics, run_dir). From a checkpoint, the run starts from its weights
         (``pretrained=<ckpt_path>``) at its scale; from a scale name, from scratch. Afterwards this
         object holds the run's best.pt (``ckpt_path``, ``run_dir``, ``model`` reloaded). The run
         starts from the weights in ``ckpt_path``, not from changes made to ``model`` in memory."""
-        from detector.engine.run import resume_config
-        from detector.engine.trainer import train
-
         given = to_overrides(kwargs, overrides)
         keys = {override_key(o) for o in given}
         if "resume" not in keys:
             given = self._architecture_overrides(keys) + given
-        cfg, full, run_dir = self._compose("train", given)
-        if cfg.resume:  # the run continues in its own folder, as the tool does
-            cfg, run_dir = resume_config(cfg, list(full.hydra.overrides.task))
-        else:
-            save_hydra_files(full, run_dir)
-        with hydra_runtime(full), log_to(run_dir, "train"):
-            summary = train(cfg, run_dir)
+        summary = self._run("train", given, tasks.train)
+        run_dir = Path(summary["run_dir"])
         best = run_dir / "checkpoints" / "best.pt"
         self._load(best if best.is_file() else run_dir / "checkpoints" / "last.pt")
         self.run_dir = run_dir
@@ -130,91 +130,52 @@ class Detector:
 
     def predict(self, source, *, save: bool = False, overrides: list[str] | str | None = None,
                 **kwargs) -> list[dict]:
-        """Detections per image, as ``tools/predict.py`` finds them (configs/predict.yaml: conf,
+        """Detections per image, as ``detector predict`` finds them (configs/predict.yaml: conf,
         iou, max_det, imgsz, device). ``source``: an image path, a folder, a glob, an HWC RGB
         uint8 ``np.ndarray`` (or a PIL image), or a list of these. Returns one dict per readable
         image: ``boxes`` [N, 4] float xyxy in the ORIGINAL image's pixels, ``scores`` [N],
         ``labels`` [N] long, ``names`` (N class names), and ``file`` for images read from disk.
         ``save=True`` also writes the pictures and detections.json to a run folder (``run_dir``)."""
-        import torchvision
-
         from detector.engine.build import resolve_device
-        from detector.predict import (SourceError, TorchPredictor, detection_record, draw, predict_image, resolve_imgsz,
-                                      unique_stem)
+        from detector.predict import TorchPredictor, predict_items, resolve_imgsz
 
-        cfg, full, run_dir = self._compose("predict", self._own_overrides("predict", kwargs, overrides))
+        given = self._own_overrides("predict", kwargs, overrides)
+        cfg = self._config("predict", given)
         device = resolve_device(cfg.device)
         if str(device) not in self._predictors:
             self._predictors[str(device)] = TorchPredictor(copy.deepcopy(self.model), device=device,
                                                            imgsz=self.config.get("imgsz"))
-        predictor = self._predictors[str(device)]
-        imgsz = resolve_imgsz(predictor, cfg.imgsz)
-        names = self.names
-        items = list_sources(source)
-        results, records, used = [], [], set()
-        with contextlib.ExitStack() as stack:
-            if save:
-                save_hydra_files(full, run_dir)
-                stack.enter_context(hydra_runtime(full))
-                stack.enter_context(log_to(run_dir, "predict"))
-            for index, (name, image) in enumerate(items):
-                if isinstance(image, Path):
-                    image = read_file(image)
-                    if image is None:
-                        continue
-                det = predict_image(predictor, image, imgsz, cfg.conf, cfg.iou, cfg.max_det)
-                det["names"] = [names[i] if 0 <= i < len(names) else str(i) for i in det["labels"].tolist()]
-                if name is not None:
-                    det["file"] = name
-                results.append(det)
-                if save:
-                    stem = unique_stem(Path(name).stem if name else f"image{index}", used)
-                    records.append(detection_record(name or stem, image, det, names))
-                    torchvision.io.write_jpeg(draw(image, det, names), str(run_dir / f"{stem}.jpg"), quality=90)
-            if not results:
-                raise SourceError(f"none of the {len(items)} files could be read as an image")
-            if save:
-                (run_dir / "detections.json").write_text(json.dumps(records, indent=1))
-                log.info("%d detections in %d images (imgsz=%d, conf=%s); wrote pictures and detections.json to %s",
-                         sum(len(r["detections"]) for r in records), len(records), imgsz, cfg.conf, run_dir)
-                self.run_dir = run_dir
-        return results
+        predictor, items = self._predictors[str(device)], list_sources(source)
+        if not save:
+            return predict_items(predictor, items, None, resolve_imgsz(predictor, cfg.imgsz), cfg.conf, cfg.iou,
+                                 cfg.max_det)[0]
+        detections, _ = self._run("predict", given, functools.partial(tasks.predict, predictor=predictor,
+                                                                      items=items))
+        return detections
 
     def __call__(self, source, **kwargs) -> list[dict]:
         """``d(source, ...)`` is ``d.predict(source, ...)``, as in ultralytics."""
         return self.predict(source, **kwargs)
 
     def evaluate(self, overrides: list[str] | str | None = None, **kwargs) -> dict:
-        """COCO evaluation as ``tools/eval.py`` (configs/eval.yaml); without a data override, on
+        """COCO evaluation as ``detector val`` (configs/eval.yaml); without a data override, on
         the checkpoint's own data set and imgsz. Prints the tables, writes detections.json,
         metrics.json and pictures to the run folder and returns the metrics: AP, AP50, AP75,
         APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl, spearman, pearson."""
-        from detector.engine.evaluation import evaluate_from_config, overrides_name_data
-
-        given = self._own_overrides("eval", kwargs, overrides)
-        cfg, full, run_dir = self._compose("eval", given)
-        save_hydra_files(full, run_dir)
-        with hydra_runtime(full), log_to(run_dir, "eval"):
-            result = evaluate_from_config(cfg, self.model, self.config, run_dir, data_given=overrides_name_data(given),
-                                          source=f"checkpoint {self.ckpt_path}" if self.ckpt_path
-                                          else f"the untrained {self.model.scale} model")
-        self.run_dir = run_dir
+        source = f"checkpoint {self.ckpt_path}" if self.ckpt_path else f"the untrained {self.model.scale} model"
+        result = self._run("eval", self._own_overrides("eval", kwargs, overrides),
+                           functools.partial(tasks.evaluate, model=self.model, train_cfg=self.config, source=source))
         return dict(result.metrics)
 
     def export(self, format: str = "onnx", overrides: list[str] | str | None = None, **kwargs) -> Path:
-        """Export to ONNX as ``tools/export.py`` (configs/export.yaml: imgsz, dynamic, nms, conf,
+        """Export to ONNX as ``detector export`` (configs/export.yaml: imgsz, dynamic, nms, conf,
         iou, max_det, opset, output, image, tolerance, latency_runs) with the same check; returns
         the file's path. Raises ExportError when the check fails."""
-        from detector.engine.exporting import export_from_config
-
         if format != "onnx":
             raise ValueError(f"format={format!r} is not supported; the only export format is 'onnx'")
-        cfg, full, run_dir = self._compose("export", self._own_overrides("export", kwargs, overrides))
         stem = self.ckpt_path.stem if self.ckpt_path else f"detector_{self.model.scale}"
-        save_hydra_files(full, run_dir)
-        with hydra_runtime(full), log_to(run_dir, "export"):
-            report = export_from_config(cfg, self.model, self.config, run_dir, stem=stem)
-        self.run_dir = run_dir
+        report = self._run("export", self._own_overrides("export", kwargs, overrides),
+                           functools.partial(tasks.export, model=self.model, train_cfg=self.config, stem=stem))
         return report.path
 
     # ----------------------------------------------------------------------------------- configs
@@ -226,34 +187,23 @@ class Detector:
                              "(Detector(path) loads a checkpoint) and predict takes the source as its argument")
         return given + ([to_override("ckpt", str(self.ckpt_path))] if self.ckpt_path else [])
 
-    def _compose(self, task: str, overrides: list[str]) -> tuple[DictConfig, DictConfig, Path]:
-        """(the task's config as the tool's main() receives it, the config with its hydra node,
-        the run folder). Hydra's errors (an unknown option lists the valid ones) pass through."""
-        from hydra import compose, initialize_config_dir
-        from hydra.core.global_hydra import GlobalHydra
+    def _config(self, task: str, overrides: list[str]) -> DictConfig:
+        """The task's config as the command receives it (overrides checked first)."""
+        check_overrides(task, overrides, self.config_dir)
+        full = compose_task(task, overrides, self.config_dir)
+        with read_write(full), open_dict(full):
+            del full["hydra"]
+        return full
 
-        if not (self.config_dir / f"{task}.yaml").is_file():
-            raise FileNotFoundError(f"Hydra configs not found: {self.config_dir / (task + '.yaml')} is missing. The "
-                                    "API composes the repository's configs/ folder: install the project from a "
-                                    "checkout (pip install -e .) or pass Detector(..., config_dir=<configs folder>)")
-        if GlobalHydra.instance().is_initialized():
-            raise RuntimeError("detector.Detector composes its own Hydra configs and cannot run inside a "
-                               "@hydra.main application or an initialize() block; call it outside them")
-        with initialize_config_dir(config_dir=str(self.config_dir.resolve()), version_base="1.3", job_name=task):
-            full = compose(config_name=task, overrides=overrides, return_hydra_config=True)
-        run_dir = Path(str(full.hydra.run.dir))
-        explicit = any(o.split("=")[0].lstrip("+~") == "hydra.run.dir" for o in overrides)
-        if not explicit and run_dir.exists():  # two calls in one second: a fresh folder each
-            n = 1
-            while run_dir.with_name(f"{run_dir.name}_{n}").exists():
-                n += 1
-            run_dir = run_dir.with_name(f"{run_dir.name}_{n}")
-        with read_write(full.hydra.runtime), open_dict(full.hydra.runtime):
-            full.hydra.runtime.output_dir = str(run_dir.resolve())
-        cfg = copy.deepcopy(full)
-        with read_write(cfg), open_dict(cfg):
-            del cfg["hydra"]
-        return cfg, full, run_dir
+    def _run(self, task: str, overrides: list[str], function):
+        """``function(cfg)`` as a Hydra job of ``task`` (its run folder becomes ``run_dir``)."""
+        check_overrides(task, overrides, self.config_dir)
+
+        def job(cfg):
+            self.run_dir = run_dir_of_job()
+            return function(cfg)
+
+        return run_task(task, overrides, job, self.config_dir)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -326,56 +276,3 @@ def read_file(path: Path):
     if image is None:
         log.warning("skipped %s: not a readable image", path)
     return image
-
-
-def save_hydra_files(full: DictConfig, run_dir: Path) -> None:
-    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them for a tool."""
-    out = run_dir / str(full.hydra.output_subdir or ".hydra")
-    out.mkdir(parents=True, exist_ok=True)
-    task_cfg = copy.deepcopy(full)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(task_cfg))
-    (out / "hydra.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": full.hydra})))
-    (out / "overrides.yaml").write_text(OmegaConf.to_yaml(full.hydra.overrides.task))
-
-
-@contextlib.contextmanager
-def hydra_runtime(full: DictConfig):
-    """``HydraConfig.get()`` answers as in a tool's run (the trainer reads the group choices)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    instance.set_config(copy.deepcopy(full))
-    try:
-        yield
-    finally:
-        instance.cfg = previous
-
-
-@contextlib.contextmanager
-def log_to(run_dir: Path, name: str):
-    """The "detector" logger at INFO, to ``<run_dir>/<name>.log`` for the call and to stdout when
-    nothing else shows it (no root handler); repeated calls never stack handlers."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    if log.level == logging.NOTSET:
-        log.setLevel(logging.INFO)
-    ours = [h for h in log.handlers if getattr(h, "_detector_api", False)]
-    if logging.getLogger().handlers:  # logging is configured: propagate there only
-        for handler in ours:
-            log.removeHandler(handler)
-    elif not ours:
-        stream = logging.StreamHandler(sys.stdout)
-        stream.setFormatter(formatter)
-        stream._detector_api = True
-        log.addHandler(stream)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(run_dir / f"{name}.log")
-    file_handler.setFormatter(formatter)
-    log.addHandler(file_handler)
-    try:
-        yield
-    finally:
-        log.removeHandler(file_handler)
-        file_handler.close()

@@ -3,10 +3,10 @@
 ``run_compare`` checks the data.yaml (both readers' rules) and lets ultralytics train one epoch on
 four of its images (a missing dependency of ultralytics, a bad ``--ultralytics`` setting or a set it
 cannot read then stops the compare before anything long has run), then trains ours
-(``tools/train.py data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
+(``detector train data=yolo data.data_yaml=...``) and YOLOv8 (``YOLO("yolov8n.yaml").train``
 from its yaml, no weights) one after the other in subprocesses with the same epochs, imgsz,
 batch, workers, seed and device, converts YOLOv8's ``best.pt`` with our importer
-(``tools/convert.py``) and evaluates both ``best.pt`` with ``tools/eval.py`` (same imgsz, conf,
+(``detector convert``) and evaluates both ``best.pt`` with ``detector eval`` (same imgsz, conf,
 IoU). ultralytics is never imported here: it runs in its own process, found on the path. Both
 trainers read a copy of the data.yaml with every path made absolute (``<out>/data.yaml``), as the
 two resolve a relative ``path`` differently.
@@ -32,7 +32,7 @@ import yaml
 from detector.data import data_yaml as dy
 from detector.data.data_yaml import DataYamlError
 
-REPO = Path(__file__).resolve().parents[1]
+DETECTOR = ("-m", "detector")  # ours runs as `python -m detector <task>`: the installed package, from any folder
 SCALES = ("n", "s", "m", "l", "x")
 # ultralytics runs in a child process: its import, its globals and its crash stay there
 ULTRALYTICS_SCRIPT = "import json, sys\nfrom ultralytics import YOLO\nYOLO(sys.argv[1]).train(**json.loads(sys.argv[2]))"
@@ -46,7 +46,7 @@ class Budget:
     batch: int
     workers: int
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N, as tools/train.py takes it
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, as detector train takes it
     scale: str = "n"
 
     def __post_init__(self):
@@ -102,7 +102,7 @@ def write_resolved_yaml(info: dict, path: Path) -> Path:
     (the yaml's folder first); this copy leaves nothing to resolve."""
     content = {"path": str(info["root"]), "train": [str(p) for p in info["train"]],
                "val": [str(p) for p in info["val"]], "names": dict(enumerate(info["names"]))}
-    path.write_text(f"# {info['yaml']} with absolute paths (tools/compare.py)\n" + yaml.safe_dump(content, sort_keys=False))
+    path.write_text(f"# {info['yaml']} with absolute paths (detector compare)\n" + yaml.safe_dump(content, sort_keys=False))
     return path
 
 
@@ -114,7 +114,7 @@ def ultralytics_available() -> bool:
 
 def ours_train_command(data_yaml: Path, budget: Budget, run_dir: Path, extra: list[str] = (),
                        python: str = sys.executable) -> list[str]:
-    return [python, str(REPO / "tools" / "train.py"), "data=yolo", f"data.data_yaml={data_yaml}",
+    return [python, *DETECTOR, "train", "data=yolo", f"data.data_yaml={data_yaml}",
             f"model={budget.scale}", f"epochs={budget.epochs}", f"imgsz={budget.imgsz}",
             f"batch_size={budget.batch}", f"workers={budget.workers}", f"seed={budget.seed}",
             f"device={budget.device}", "progress=false", *extra, f"hydra.run.dir={run_dir}"]
@@ -136,7 +136,7 @@ def ultralytics_train_command(data_yaml: Path, budget: Budget, project: Path, ex
 
 
 def eval_command(ckpt: Path, data_yaml: Path, budget: Budget, run_dir: Path, python: str = sys.executable) -> list[str]:
-    return [python, str(REPO / "tools" / "eval.py"), f"ckpt={ckpt}", "data=yolo", f"data.data_yaml={data_yaml}",
+    return [python, *DETECTOR, "eval", f"ckpt={ckpt}", "data=yolo", f"data.data_yaml={data_yaml}",
             f"imgsz={budget.imgsz}", f"device={budget.device}", f"workers={budget.workers}",
             f"hydra.run.dir={run_dir}"]
 
@@ -279,9 +279,9 @@ def preflight_ultralytics(info: dict, budget: Budget, out: Path, extra: dict | N
                              f"{info['yaml']}; its log: {folder / 'ultralytics.log'}); nothing else was run")
 
 
-def _run(command: list[str], log_path: Path, runner=subprocess.run, cwd: Path = REPO) -> tuple[int, str, float]:
+def _run(command: list[str], log_path: Path, runner=subprocess.run, cwd: Path | None = None) -> tuple[int, str, float]:
     start = time.time()
-    completed = runner(command, capture_output=True, text=True, cwd=cwd)
+    completed = runner(command, capture_output=True, text=True, cwd=cwd or log_path.parent)
     seconds = time.time() - start
     output = (completed.stdout or "") + (completed.stderr or "")
     log_path.write_text(" ".join(command) + "\n\n" + output)
@@ -329,13 +329,13 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     theirs = ultralytics_outcome(save_dir, code, output, images, epochs)
     theirs.name, theirs.wall_s = f"YOLOv8{budget.scale}", wall
 
-    log("evaluating both with tools/eval.py ...")
+    log("evaluating both with detector eval ...")
     _evaluate(ours, out / "ours" / "checkpoints" / "best.pt", resolved, budget, out / "eval_ours", runner)
     converted = out / f"yolov8{budget.scale}_converted.pt"
     if theirs.status == "ok":
         best = save_dir / "weights" / "best.pt"
-        code, output, _ = _run([sys.executable, str(REPO / "tools" / "convert.py"), str(best), str(converted),
-                                "--force"], out / "convert.log", runner)
+        code, output, _ = _run([sys.executable, *DETECTOR, "convert", str(best), str(converted), "--force"],
+                               out / "convert.log", runner)
         if code != 0:
             theirs.status, theirs.note = "failed", f"conversion: {_tail(output)}"
     _evaluate(theirs, converted, resolved, budget, out / "eval_yolov8", runner)

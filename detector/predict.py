@@ -186,28 +186,46 @@ def unique_stem(base: str, used: set[str]) -> str:
 
 def predict_files(predictor, files: list[Path], out_dir: str | os.PathLike, imgsz: int, conf: float = 0.25,
                   iou: float = 0.7, max_det: int = 300, save_images: bool = True) -> list[dict]:
-    """Run on every file, save ``<out_dir>/<name>.jpg`` pictures and ``detections.json``.
+    """Run on every file, save ``<out_dir>/<name>.jpg`` pictures and ``detections.json``; returns
+    the records written (see predict_items)."""
+    return predict_items(predictor, [(str(path), path) for path in files], out_dir, imgsz, conf, iou, max_det,
+                         save_images)[1]
 
-    An unreadable image is skipped with a warning naming it; returns the records written.
-    Raises SourceError when no image at all could be read.
+
+def predict_items(predictor, items: list[tuple[str | None, "Path | np.ndarray"]], out_dir: str | os.PathLike | None,
+                  imgsz: int, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+                  save_images: bool = True) -> tuple[list[dict], list[dict]]:
+    """Run on every (name or None, image file or HWC uint8 RGB array) item: the one predict loop.
+
+    Returns (detections, records): one ``predict_image`` dict per readable image with ``names``
+    (N class names) and ``file`` (when named) added, and its ``detections.json`` record. With
+    ``out_dir``, writes detections.json and (``save_images``) one picture per image there. An
+    unreadable file is skipped with a warning naming it; SourceError when no image could be read.
     """
     import torchvision
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = predictor.names
-    records, used = [], set()
-    for path in files:
-        image = read_image(path)
-        if image is None:
-            log.warning("skipped %s: not a readable image", path)
-            continue
+    names = list(predictor.names or [])
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results, records, used = [], [], set()
+    for index, (name, image) in enumerate(items):
+        if isinstance(image, Path):
+            image = read_image(image)
+            if image is None:
+                log.warning("skipped %s: not a readable image", name)
+                continue
         detections = predict_image(predictor, image, imgsz, conf, iou, max_det)
-        records.append(detection_record(path, image, detections, names))
-        if save_images:
-            stem = unique_stem(path.stem, used)
+        detections["names"] = [names[i] if 0 <= i < len(names) else str(i) for i in detections["labels"].tolist()]
+        stem = unique_stem(Path(name).stem if name else f"image{index}", used)
+        if name is not None:
+            detections["file"] = name
+        results.append(detections)
+        records.append(detection_record(name or stem, image, detections, names))
+        if out_dir is not None and save_images:
             torchvision.io.write_jpeg(draw(image, detections, names), str(out_dir / f"{stem}.jpg"), quality=90)
-    if not records:
-        raise SourceError(f"none of the {len(files)} files could be read as an image")
-    (out_dir / "detections.json").write_text(json.dumps(records, indent=1))
-    return records
+    if not results:
+        raise SourceError(f"none of the {len(items)} files could be read as an image")
+    if out_dir is not None:
+        (out_dir / "detections.json").write_text(json.dumps(records, indent=1))
+    return results, records

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from detector.benchmarks.train import ultralytics_batch
 from detector.compare import (Budget, DataYamlError, PreflightError, Result, check_data_yaml, format_table, ours_outcome,
                               ours_train_command, parse_key_values, run_compare, ultralytics_available,
                               ultralytics_outcome, ultralytics_train_args, write_resolved_yaml)
+from tests.reference.yolov8 import ultralytics_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = Budget(epochs=2, imgsz=64, batch=2, workers=0, seed=3, device="cpu")
@@ -106,7 +106,7 @@ def test_budget_refuses_bad_values(kwargs, message):
 
 def test_both_commands_carry_the_same_budget(tmp_path):
     command = ours_train_command(tmp_path / "d.yaml", BUDGET, tmp_path / "ours", ["loss_cls=bce"])
-    assert command[1].endswith("tools/train.py") and f"data.data_yaml={tmp_path / 'd.yaml'}" in command
+    assert command[1:4] == ["-m", "detector", "train"] and f"data.data_yaml={tmp_path / 'd.yaml'}" in command
     for item in ("epochs=2", "imgsz=64", "batch_size=2", "workers=0", "seed=3", "device=cpu", "model=n", "loss_cls=bce"):
         assert item in command
     args = ultralytics_train_args(tmp_path / "d.yaml", BUDGET, tmp_path / "u", {"lr0": 0.02})
@@ -175,7 +175,7 @@ class FakeRunner:
         text = " ".join(command)
         if "preflight" in text and self.preflight_error:
             return subprocess.CompletedProcess(command, 1, "", f"Traceback ...\n{self.preflight_error}\n")
-        if "tools/train.py" in text:
+        if "-m detector train" in text:
             run = Path(command[-1].split("=", 1)[1])
             (run / "checkpoints").mkdir(parents=True)
             (run / "checkpoints" / "best.pt").write_bytes(b"x")
@@ -186,9 +186,9 @@ class FakeRunner:
             (save / "weights" / "best.pt").write_bytes(b"y")
             loss = "nan" if self.ultralytics_nan else "1.0"
             (save / "results.csv").write_text(f"epoch,time,train/box_loss\n1,10,1.0\n2,20.0,{loss}\n")
-        elif "tools/convert.py" in text:
-            Path(command[3]).write_bytes(b"z")
-        elif "tools/eval.py" in text:
+        elif "-m detector convert" in text:
+            Path(command[5]).write_bytes(b"z")
+        elif "-m detector eval" in text:
             run = Path(command[-1].split("=", 1)[1])
             run.mkdir(parents=True)
             ap = 0.4 if "eval_ours" in text else 0.2
@@ -202,8 +202,9 @@ def test_run_compare_trains_both_then_converts_and_evaluates_both(tmp_path):
                                                "val": "images/val", "names": ["a"]})
     runner = FakeRunner()
     ours, theirs = run_compare(data, BUDGET, tmp_path / "out", runner=runner, log=lambda *_: None)
-    kinds = [next(k for k in ("train.py", "YOLO", "convert.py", "eval.py") if k in " ".join(c)) for c in runner.commands]
-    assert kinds == ["YOLO", "train.py", "YOLO", "eval.py", "convert.py", "eval.py"]
+    kinds = [next(k for k in ("detector train", "YOLO", "detector convert", "detector eval") if k in " ".join(c))
+             for c in runner.commands]
+    assert kinds == ["YOLO", "detector train", "YOLO", "detector eval", "detector convert", "detector eval"]
     trial = json.loads(runner.commands[0][-1])  # the preflight: 1 epoch, 64 px, on 4 train / 2 val images
     assert (trial["epochs"], trial["imgsz"], trial["batch"], trial["workers"]) == (1, 64, 2, 0)
     preflight = yaml.safe_load(Path(trial["data"]).read_text())
@@ -278,7 +279,7 @@ def test_cli_end_to_end_tiny(tmp_path):
 
 
 def test_bench_batch_conversion_to_ultralytics_form():
-    """detector.benchmarks.train feeds YOLOv8n the same boxes: padded xyxy px -> flat normalised cxcywh."""
+    """benchmarks/train.py feeds YOLOv8n the same boxes: padded xyxy px -> flat normalised cxcywh."""
     import torch
 
     batch = {"boxes": torch.tensor([[[0.0, 0.0, 32.0, 16.0], [0, 0, 0, 0]], [[16.0, 32.0, 48.0, 64.0], [8.0, 8.0, 24.0, 40.0]]]),

@@ -1,9 +1,18 @@
-"""The one-class photo set builder of detector/benchmarks/photo_crops.py (README, side by side)."""
+"""The one-class photo set builder of datasets/photo_crops.py (README, side by side)."""
+import importlib.util
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
-from detector.benchmarks.photo_crops import boxes_in_window, build, crop_windows
+# Loaded by path: datasets/ is a folder of scripts, and ``import datasets`` would find HuggingFace's
+# package wherever that is installed.
+_SPEC = importlib.util.spec_from_file_location(
+    "photo_crops", Path(__file__).resolve().parents[1] / "datasets" / "photo_crops.py")
+photo_crops = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(photo_crops)
+boxes_in_window, build, crop_windows = photo_crops.boxes_in_window, photo_crops.build, photo_crops.crop_windows
 
 
 def test_window_keeps_boxes_mostly_inside_and_moves_them():

@@ -1,48 +1,10 @@
-"""Convert an ultralytics YOLOv8 detection checkpoint to ours: python tools/convert.py yolov8s.pt yolov8s_det.pt
+"""Convert an ultralytics YOLOv8 detection checkpoint to ours. Same as `detector convert`.
 
-The input is read without ultralytics and without unpickling code (detector/interop); the output
-loads with torch.load(weights_only=True) and is taken by tools/eval.py, export.py, predict.py and
-by ``pretrained=`` in tools/train.py. Prints what was mapped.
+    python tools/convert.py ARGS   # is: detector convert ARGS (detector/cli); --help lists the options
 """
-import argparse
 import sys
-from pathlib import Path
 
-from detector.engine.checkpoint import CheckpointError, save_checkpoint
-from detector.interop import load_ultralytics
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path, help="ultralytics detection checkpoint (.pt)")
-    parser.add_argument("output", type=Path, help="where to write our checkpoint (.pt)")
-    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-    args = parser.parse_args(argv)
-    if args.output.exists() and not args.force:
-        sys.exit(f"error: {args.output} exists; pass --force to overwrite it")
-    if args.output.resolve() == args.source.resolve():
-        sys.exit("error: OUTPUT must differ from SOURCE")
-    try:
-        model, report = load_ultralytics(args.source)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
-    save_checkpoint({
-        "model": model.state_dict(),
-        "model_args": report["model_args"],
-        "names": list(model.names),
-        "category_ids": [],
-        "config": {"imgsz": report["imgsz"], "model": dict(report["model_args"]),
-                   "source": {"format": "ultralytics", "path": str(args.source), "version": report["version"],
-                              "date": report["date"], "weights": report["weights"]}},
-        "epoch": -1,
-        "metrics": {},
-    }, args.output)
-    scale, classes = report["model_args"]["scale"], report["model_args"]["num_classes"]
-    print(f"{args.source} (ultralytics {report['version']}, '{report['weights']}' weights) -> {args.output}: "
-          f"YOLOv8{scale}, {classes} classes, {report['mapped']} of {report['total']} tensors mapped"
-          f" (not mapped: {', '.join(report['unmapped']) or 'none'}; the DFL ramp is built in)")
-    return 0
-
+from detector.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["convert", *sys.argv[1:]]))

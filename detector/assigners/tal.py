@@ -34,7 +34,7 @@ best overlap over all GTs holding each anchor is kept as a running maximum over 
 [B * A] buffers (value and lowest row), so it costs no extra pass. Padded rows cost nothing.
 Every top-k row sees the same values as in the dense form (up to last-bit rounding of the
 elementwise maths), so the result is the same, ties among zero metrics included (the dense
-reference of the claimants rule is ``detector/benchmarks/assigner.py``; the tests compare the two, and
+reference of the claimants rule is ``tests/reference/assigner.py``; the tests compare the two, and
 the default against a dense form of ultralytics' rule and ultralytics itself when importable).
 
 The helpers at the end (input checks, claim resolution, building the AssignResult from a sparse

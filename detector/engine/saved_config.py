@@ -25,8 +25,7 @@ from pathlib import Path
 import yaml
 
 from detector.engine.checkpoint import CheckpointError
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from detector.engine.compose import config_dir as installed_config_dir
 CALL_KEYS = ("_args_", "_recursive_", "_convert_")
 PLAIN = (str, int, float, bool, type(None))
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: about 10x faster, read on first use
@@ -37,13 +36,14 @@ class SavedConfigError(CheckpointError):
 
 
 @functools.lru_cache(maxsize=4)
-def allowed_targets(config_dir: Path = CONFIG_DIR) -> dict[str, dict[str, object]]:
+def allowed_targets(config_dir: Path | None = None) -> dict[str, dict[str, object]]:
     """{config path of a node ('loss_cls', 'dfl_loss', ...): {target: its ``_partial_`` value}}.
 
     A group option's nodes sit under the group's name; a ``# @package _global_`` option's (``dfl``,
     ``experiment``) where the file puts them. The entry configs (train.yaml, ...) count too.
     """
     allowed: dict[str, dict[str, object]] = {}
+    config_dir = Path(config_dir) if config_dir is not None else installed_config_dir()
     for path in sorted(config_dir.rglob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         group = path.parent.relative_to(config_dir).as_posix()
@@ -65,14 +65,14 @@ def _collect(node, path: str, allowed: dict) -> None:
             _collect(value, f"{path}[{i}]", allowed)
 
 
-def checked_config(config, source: str, config_dir: Path = CONFIG_DIR) -> dict:
+def checked_config(config, source: str, config_dir: Path | None = None) -> dict:
     """``config`` unchanged when every component it names is the project's own; else SavedConfigError.
 
     ``source`` names the file in the error ("checkpoint runs/x/best.pt").
     """
     if not isinstance(config, dict):
         raise SavedConfigError(f"{source}: its config is a {type(config).__name__}, not a mapping")
-    allowed = allowed_targets(Path(config_dir))
+    allowed = allowed_targets(Path(config_dir) if config_dir is not None else installed_config_dir())
     _check(config, "", source, allowed)
     for path in allowed:  # where a component goes, a mapping (its keys; tools/convert.py writes model's) or null
         node = _select(config, path)

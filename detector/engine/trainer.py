@@ -7,6 +7,7 @@ optimiser step -> EMA update. Validation uses the EMA weights; checkpoints are a
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,14 @@ class TrainState:
     best_ap: float = -1.0
     nonfinite_in_row: int = 0
     history: list = field(default_factory=list)
+
+
+FEW_STEPS = 8  # optimiser steps per epoch below which a run warns that it can hardly learn
+
+
+def steps_per_epoch(images: int, global_batch: int, accumulate: int) -> int:
+    """Optimiser steps in one epoch of ``images`` (the last partial batch is kept, as the loader does)."""
+    return math.ceil(math.ceil(images / global_batch) / accumulate)
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -104,6 +113,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.info("run folder: %s | %d train / %d val images, %d classes | device %s x%d | accumulate %d | "
                  "%s lr %g", run_dir, len(train_set), len(splits.val), num_classes, device, world_size, accumulate,
                  type(optimizer).__name__, optimizer.param_groups[0]["initial_lr"])
+        steps = steps_per_epoch(len(train_set), cfg.batch_size * world_size, accumulate)
+        if steps < FEW_STEPS:
+            log.warning("an epoch is only %d optimiser step%s (%d training images at batch_size %d x %d process(es), "
+                        "accumulate %d): %d updates in all, too few to learn from; use a smaller batch_size, "
+                        "a smaller nbs (the nominal batch gradients accumulate to) or more epochs", steps, "s" * (steps != 1),
+                        len(train_set), cfg.batch_size, world_size, accumulate, steps * cfg.epochs)
 
     metrics: dict = {}
     start = time.time()
@@ -137,7 +152,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         dist.cleanup()
 
     summary = {"epochs": cfg.epochs, "train_seconds": time.time() - start, "best_AP": state.best_ap,
-               "final": metrics, "run_dir": str(run_dir)}
+               "final": metrics, "run_dir": str(run_dir), "optimizer_steps": state.iteration // accumulate}
     if rank == 0:
         logger.summary(summary)
         logger.hparams(_hparams(cfg), {k: metrics.get(k, 0.0) for k in ("AP", "AP50", "spearman")})

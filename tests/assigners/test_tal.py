@@ -9,8 +9,8 @@ import torch
 
 from detector.assigners import TaskAlignedAssigner
 from detector.assigners.base import AssignResult
-from detector.benchmarks.assigner import dense_task_aligned_assign, make_inputs
 from detector.boxes import aligned_iou, make_anchors
+from tests.reference.assigner import dense_task_aligned_assign, make_inputs
 
 # A 3x3 grid of stride 8: points (4|12|20, 4|12|20), index = 3 * row + col.
 POINTS, STRIDES = make_anchors([(3, 3)], [8])

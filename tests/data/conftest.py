@@ -81,8 +81,8 @@ def yolo_set(tmp_path):
 @pytest.fixture(scope="session")
 def coco128():
     """YoloDetection over ../shared/data/coco128 (or $COCO128); the test skips when it is absent."""
-    from detector.benchmarks.train import coco128_root
     from detector.data import YoloDetection
+    from tests.reference.coco128 import coco128_root
 
     root = coco128_root()
     if root is None:

@@ -54,7 +54,7 @@ def ultralytics():
 @pytest.fixture(scope="session")
 def coco128_root() -> Path:
     """../shared/data/coco128 (or $COCO128); the test skips when it is absent."""
-    from detector.benchmarks.train import coco128_root as find
+    from tests.reference.coco128 import coco128_root as find
 
     root = find()
     if root is None:

@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from detector.benchmarks.train import base_dataset, coco128_root
+from benchmarks.train import base_dataset
 from detector.data.collate import collate_detection
 from detector.data.pipeline import TrainDataset
+from tests.reference.coco128 import coco128_root
 
 BATCH_SIZE = 16  # configs/train.yaml's default
 

@@ -1,7 +1,7 @@
 """Validation with square and with rectangular batches (``eval.rect``): time and AP of each.
 
-    python -m detector.benchmarks.rect_val CKPT                        # the checkpoint's own data set
-    python -m detector.benchmarks.rect_val CKPT --coco128 --imgsz 640  # COCO128 (train2017 as val)
+    python -m benchmarks.rect_val CKPT                        # the checkpoint's own data set
+    python -m benchmarks.rect_val CKPT --coco128 --imgsz 640  # COCO128 (train2017 as val)
 
 The two runs are interleaved over ``--rounds`` rounds; the time is the median, the model fused,
 one process, no DataLoader workers (so the loading cost is in the figure).
@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 
 
 def main(argv=None) -> list[dict]:
-    from detector.benchmarks.train import coco128_root
     from detector.engine.build import build_val_loader
     from detector.engine.checkpoint import load_checkpoint
     from detector.eval.evaluator import evaluate
+    from tests.reference.coco128 import coco128_root
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt")

@@ -1,10 +1,10 @@
 """The YOLO-format index benchmark: a large ``images/train`` + ``labels/train`` set, built without
 and with the label cache, each in a fresh process.
 
-    python -m detector.benchmarks.yolo_scale make runs/yolo_scale   # 20,000 symlinked images, 7 boxes each
-    python -m detector.benchmarks.yolo_scale make runs/yolo_coco 118287  # as many images as COCO train2017
-    python -m detector.benchmarks.yolo_scale first runs/yolo_scale  # caches removed: every header and label read
-    python -m detector.benchmarks.yolo_scale hit runs/yolo_scale    # a fresh start with the cache
+    python -m benchmarks.yolo_scale make runs/yolo_scale   # 20,000 symlinked images, 7 boxes each
+    python -m benchmarks.yolo_scale make runs/yolo_coco 118287  # as many images as COCO train2017
+    python -m benchmarks.yolo_scale first runs/yolo_scale  # caches removed: every header and label read
+    python -m benchmarks.yolo_scale hit runs/yolo_scale    # a fresh start with the cache
 
 The images are symlinks to one small JPEG (640 x 480), so the build reads real headers and label
 files without gigabytes of pictures; the cache key still stats every image and label file.

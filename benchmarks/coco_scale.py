@@ -1,10 +1,10 @@
 """The COCO-scale index benchmark: a COCO-sized training json, and how fast and how small our index is.
 
-    python -m detector.benchmarks.coco_scale make runs/coco_scale    # the json + symlinked images
-    python -m detector.benchmarks.coco_scale index runs/coco_scale   # first / second build, memory
-    python -m detector.benchmarks.coco_scale hit runs/coco_scale     # a fresh start with the cache
-    python -m detector.benchmarks.coco_scale workers runs/coco_scale # 4 workers' memory over 1,000 batches
-    python -m detector.benchmarks.coco_scale workers runs/coco_scale --objects  # the same, one object per image
+    python -m benchmarks.coco_scale make runs/coco_scale    # the json + symlinked images
+    python -m benchmarks.coco_scale index runs/coco_scale   # first / second build, memory
+    python -m benchmarks.coco_scale hit runs/coco_scale     # a fresh start with the cache
+    python -m benchmarks.coco_scale workers runs/coco_scale # 4 workers' memory over 1,000 batches
+    python -m benchmarks.coco_scale workers runs/coco_scale --objects  # the same, one object per image
 
 ``make`` writes ``annotations/instances_train2017.json`` with COCO train2017's counts (118,287
 images, 858,845 annotations, about 1% crowd, 1,021 images without annotations, polygons of

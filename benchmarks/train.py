@@ -17,10 +17,8 @@ is the median over rounds, with the fastest and slowest round beside it.
 from __future__ import annotations
 
 import importlib.util
-import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,6 +31,8 @@ from detector.engine.optim import build_optimizer
 from detector.losses.criterion import DetectionCriterion
 from detector.losses.modules import BCELoss, DistributionFocalLoss, IoULoss
 from detector.models.detector import build_model
+from tests.reference.coco128 import coco128_root
+from tests.reference.yolov8 import ultralytics_batch
 
 PARTS = ("data", "forward", "assignment", "loss", "backward", "optimizer")
 
@@ -48,12 +48,6 @@ class TimedAssigner:
         result = self.assigner(*args, **kwargs)
         self.seconds += time.perf_counter() - start
         return result
-
-
-def coco128_root() -> Path | None:
-    """$COCO128, else ../shared/data/coco128 beside the checkout, when it holds images/train2017."""
-    root = Path(os.environ.get("COCO128", Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"))
-    return root if (root / "images" / "train2017").is_dir() else None
 
 
 def base_dataset():
@@ -132,16 +126,6 @@ def make_batches(dataset, imgsz: int, batch_size: int, count: int) -> list[dict]
     train_set = TrainDataset(dataset, imgsz=imgsz, seed=0)
     return [collate_detection([train_set[(b * batch_size + i) % len(train_set)] for i in range(batch_size)])
             for b in range(count)]
-
-
-def ultralytics_batch(batch: dict, imgsz: int) -> dict:
-    """Our collated batch in YOLOv8's form: ``batch_idx [N]``, ``cls [N, 1]``, ``bboxes [N, 4]``
-    normalised cx cy w h (ours: padded ``boxes [B, M, 4]`` xyxy px with ``gt_mask [B, M]``)."""
-    mask = batch["gt_mask"]  # [B, M]
-    boxes = batch["boxes"][mask]  # [N, 4] xyxy px
-    cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1) / imgsz
-    batch_idx = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask].float()
-    return {"batch_idx": batch_idx, "cls": batch["labels"][mask].float().unsqueeze(1), "bboxes": cxcywh}
 
 
 class OurStep:

@@ -1,7 +1,7 @@
 """A small one-class set of real photos, held out by source picture, built from a YOLO data set.
 
-    python -m detector.benchmarks.photo_crops OUT                       # COCO128 persons, 160 / 40
-    python -m detector.benchmarks.photo_crops OUT --data D.yaml --class-name car --train 200 --val 50
+    python datasets/photo_crops.py OUT --data ../shared/data/coco128/coco128.yaml  # COCO128 persons, 160 / 40
+    python datasets/photo_crops.py OUT --data D.yaml --class-name car --train 200 --val 50
 
 COCO128 has 128 pictures, most objects in them small, and one-class sets learnt from scratch in
 minutes are what a 2-core machine can compare detectors on. So: every source picture holding the
@@ -91,19 +91,16 @@ def build(data_yaml: Path, out: Path, class_name: str, n_train: int, n_val: int,
 
 
 def main(argv=None) -> Path:
-    from detector.benchmarks.train import coco128_root
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--data", type=Path, default=None, help="a YOLO data.yaml (default: COCO128's)")
+    parser.add_argument("--data", type=Path, required=True, help="a YOLO data.yaml, e.g. COCO128's")
     parser.add_argument("--class-name", default="person")
     parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--val", type=int, default=40)
     parser.add_argument("--min-side", type=float, default=32.0, help="boxes smaller (sqrt area, px) get no crop")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data = args.data or coco128_root() / "coco128.yaml"
-    yaml = build(data, args.out, args.class_name, args.train, args.val, args.min_side, args.seed)
+    yaml = build(args.data, args.out, args.class_name, args.train, args.val, args.min_side, args.seed)
     print(f"wrote {yaml}")
     return yaml
 

@@ -1,0 +1,6 @@
+"""``python -m detector <command> ...`` is the ``detector`` command."""
+import sys
+
+from detector.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Ours against ultralytics' YOLOv8 on your data, same budget, one evaluator.
+
+    PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 60 --imgsz 320 --batch 16
+
+Trains ours and YOLOv8 (from yolov8<scale>.yaml, no weights) one after the other on the same
+ultralytics data.yaml with the same epochs, imgsz, batch, workers and seed, converts YOLOv8's
+best.pt with ``detector convert``, evaluates both best.pt with ``detector val`` and prints one table:
+AP, AP50, AP75, score-IoU Spearman, wall time, training images/s. ultralytics (AGPL) is not a
+dependency: it must be importable for this tool only. Run folders go to --out.
+"""
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from detector.compare import (Budget, DataYamlError, PreflightError, format_table, parse_key_values, run_compare,
+                              ultralytics_available)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detector compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_yaml", type=Path, help="an ultralytics data.yaml (path, train, val, names)")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--model", default="n", help="scale: n s m l x (ours model=<scale>, YOLOv8 yolov8<scale>.yaml)")
+    parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="extra detector train overrides")
+    parser.add_argument("--ultralytics", nargs="*", default=[], metavar="KEY=VALUE", help="extra YOLO.train arguments")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/compare/<date>)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if not ultralytics_available():
+        print("error: ultralytics is not importable; install it (or put it on PYTHONPATH) to compare with YOLOv8",
+              file=sys.stderr)
+        return 2
+    try:
+        budget = Budget(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                        seed=args.seed, device=args.device, scale=args.model)
+        extra = parse_key_values(args.ultralytics)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        results = run_compare(args.data_yaml, budget, out, ours_extra=args.ours, ultralytics_extra=extra)
+    except (DataYamlError, PreflightError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = format_table(results)
+    (out / "compare.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out / 'compare.md'} and compare.json; run folders under {out}")
+    return 0 if all(r.status == "ok" for r in results) else 1
