@@ -54,13 +54,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detector bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], help="sub-benchmarks (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     parser.add_argument("--out", default="bench_results", help="folder for the JSON results")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sub-benchmarks of ``args.names`` (all when empty), each printed and written as JSON."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine()

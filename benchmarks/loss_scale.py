@@ -6,7 +6,7 @@ weight they are orders of magnitude weaker. This benchmark measures the ratio on
 dense prediction ([B=8, A=2100, C=6]: a 320 px image, about 10 positives per image with TAL-like
 soft targets) at three stages of training (negatives at mean logit -4, -6, -8), and prints the
 weight that would match BCE's (weight 0.5) gradient norm on the logits. The weights in
-configs/loss_cls/ are chosen from it (README, "Loss weights").
+configs/loss_cls/ are chosen from it (docs/ablations.md, "Loss weights").
 """
 from __future__ import annotations
 

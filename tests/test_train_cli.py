@@ -174,7 +174,7 @@ def test_ctrl_c_writes_last_pt_before_exiting(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130, output[-3000:]
-    assert "interrupted: writing" in output and "continue with: python tools/train.py resume=" in output
+    assert "interrupted: writing" in output and "continue with: detector train resume=" in output
     assert "Traceback" not in output
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["train_state"]["interrupted"] is True

@@ -73,6 +73,7 @@ def check_command(argv: list[str]) -> None:
     command, rest = argv[0], list(argv[1:])
     if command in HYDRA_COMMANDS:
         config_name, overrides, flags = split_hydra_arguments(command, rest)
+        overrides, _ = own_keys(command, overrides)
         check_hydra_overrides(config_name, overrides)
         compose_task(config_name, first_job(overrides) if "-m" in flags or "--multirun" in flags else overrides)
         return
@@ -113,6 +114,19 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
     check_overrides(config_name, overrides, config_dir())
 
 
+def own_keys(command: str, overrides: list[str]) -> tuple[list[str], int]:
+    """(the config overrides, show-data's ``count=N``, its own key: images in the grid, 16 by default)."""
+    if command != "show-data":
+        return overrides, 16
+    mine = [o for o in overrides if o.lstrip("+").startswith("count=")]
+    value = mine[-1].split("=", 1)[1] if mine else "16"
+    if not value.isdigit() or int(value) < 1:
+        from detector.engine.overrides import OverrideError
+
+        raise OverrideError(f"{mine[-1]}: count is the number of images in the grid, a whole number >= 1")
+    return [o for o in overrides if o not in mine], int(value)
+
+
 def first_job(overrides: list[str]) -> list[str]:
     """The overrides of a sweep's first run (``loss_cls=qfl,vfl`` -> ``loss_cls=qfl``)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -132,11 +146,8 @@ def run_hydra_command(command: str, argv: list[str]) -> int:
         print(command_help(command))
         return 0
     config_name, overrides, flags = split_hydra_arguments(command, argv)
-    count = None
-    if command == "show-data":  # its own key, not a config key
-        count = next((int(o.split("=", 1)[1]) for o in overrides if o.lstrip("+").startswith("count=")), 16)
-        overrides = [o for o in overrides if not o.lstrip("+").startswith("count=")]
     try:
+        overrides, count = own_keys(command, overrides)
         check_hydra_overrides(config_name, overrides)
     except OverrideError as error:
         print(f"error: {error}", file=sys.stderr)

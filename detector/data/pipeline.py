@@ -15,7 +15,7 @@ Mosaic and affine are one step (``transforms.warp_placed``): without rotation or
 default) each image is resized once straight into the output, which costs a fifth of drawing the
 canvas and warping it with cv2.warpAffine; with rotation or shear the canvas is drawn and warped.
 This replaced albumentations' Affine (plus its per-call box bookkeeping) as the largest cost at
-640 px; README "Benchmarks" has the figures.
+640 px; docs/benchmarks.md has the figures.
 
 Mosaic partners: the DataLoader fetches a batch through ``__getitems__``. With
 ``mosaic_partners="batch"`` the 3 other images of each mosaic come from the batch itself (3
@@ -23,7 +23,7 @@ distinct members other than the image), so every image is decoded once per batch
 4 times; ``"dataset"`` draws them from the whole data set, as YOLOv5 did (more diverse: YOLOv8 gets
 the same from a buffer of recent images). ``"auto"`` (the default) is ``"dataset"`` when the images
 are cached (``cache=ram|disk``, or ``cache=auto`` keeping a small set in RAM), where a partner costs
-no decode, else ``"batch"``. README, "Compared with YOLOv8" and "Benchmarks", has the measured AP
+no decode, else ``"batch"``. docs/comparison.md and docs/benchmarks.md have the measured AP
 and speed of both.
 
 Reproducibility: every random draw for item ``i`` comes from a generator seeded with

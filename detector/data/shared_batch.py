@@ -3,7 +3,7 @@
 A worker hands each batch over in shared memory. torch allocates a new segment for every batch
 (``posix_fallocate`` fills it with zeroed pages), the worker's writes then fault it in page by
 page, and it is freed when the main process drops the batch: about 1 ms per 640 px image on the
-2-core machine, a fifth of what the whole augmentation costs (README "Benchmarks").
+2-core machine, a fifth of what the whole augmentation costs (docs/benchmarks.md).
 
 Here each worker keeps up to ``SLOTS`` segments and writes a batch into one that the main process
 no longer uses. The protocol is a lease per slot, one byte in a small flag array shared by the

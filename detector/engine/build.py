@@ -63,7 +63,7 @@ def build_optimizer(cfg: DictConfig, model, num_classes: int, weight_decay: floa
 
 def memory_format(cfg: DictConfig) -> torch.memory_format:
     """``channels_last: true`` (the default) runs the model on NHWC tensors: 1.2x the training
-    step's speed on a CPU (README, Benchmarks), and the layout tensor cores prefer."""
+    step's speed on a CPU (docs/benchmarks.md), and the layout tensor cores prefer."""
     return torch.channels_last if cfg.get("channels_last", True) else torch.contiguous_format
 
 

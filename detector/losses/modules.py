@@ -3,7 +3,7 @@
 Each module wraps a pure function of ``detector.losses.functional`` and returns the
 *elementwise* loss; the criterion owns normalisation. ``loss_weight`` is the factor the
 criterion applies when it sums the losses, carried by the option itself so that swapping
-``loss_cls=focal`` for ``loss_cls=qfl`` is a fair comparison out of the box (README, "Loss
+``loss_cls=focal`` for ``loss_cls=qfl`` is a fair comparison out of the box (docs/ablations.md, "Loss
 weights").
 """
 from __future__ import annotations
