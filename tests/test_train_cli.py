@@ -178,3 +178,26 @@ def test_ctrl_c_writes_last_pt_before_exiting(tmp_path):
     assert "Traceback" not in output
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["train_state"]["interrupted"] is True
+
+
+def test_a_sweep_then_ablate_gives_one_row_per_arm(tmp_path):
+    """detector train -m (Hydra's multirun through the command) and detector ablate on its folder."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_args(tmp_path, tmp_path / "unused", "epochs=1") if not a.startswith("hydra.run.dir")]
+    result = run_train(["-m", "loss_cls=bce,qfl", f"hydra.sweep.dir={sweep}", *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(str(p.parent.relative_to(sweep)) for p in sweep.rglob("summary.json"))  # data.root's / nest
+    assert len(runs) == 2 and runs[0].startswith("0_") and "loss_cls=qfl" in runs[1]
+    result = run_tool("ablate.py", [str(sweep)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| loss_cls=")]
+    assert len(rows) == 2 and (sweep / "ablation.md").is_file()
+
+
+def test_a_key_nothing_reads_is_refused_before_anything_runs(tmp_path):
+    for args, message in ((["epoch=1"], "epoch=1: no key epoch in train's config; did you mean epochs?"),
+                          (["+data.data_yaml=my.yaml"], "data.data_yaml needs data=yolo")):
+        result = run_train([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+        assert result.returncode == 2 and result.stderr.strip().startswith("error:"), result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
