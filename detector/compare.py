@@ -48,6 +48,7 @@ class Budget:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N, as detector train takes it
     scale: str = "n"
+    pretrained: str | None = None  # an ultralytics checkpoint both start from (fine-tuning); None: from scratch
 
     def __post_init__(self):
         for name in ("epochs", "imgsz", "batch"):
@@ -59,6 +60,8 @@ class Budget:
             raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {self.imgsz}")
         if self.scale not in SCALES:
             raise ValueError(f"model scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise ValueError(f"pretrained checkpoint not found: {self.pretrained}")
 
 
 class PreflightError(RuntimeError):
@@ -117,22 +120,25 @@ def ours_train_command(data_yaml: Path, budget: Budget, run_dir: Path, extra: li
     return [python, *DETECTOR, "train", "data=yolo", f"data.data_yaml={data_yaml}",
             f"model={budget.scale}", f"epochs={budget.epochs}", f"imgsz={budget.imgsz}",
             f"batch_size={budget.batch}", f"workers={budget.workers}", f"seed={budget.seed}",
-            f"device={budget.device}", "progress=false", *extra, f"hydra.run.dir={run_dir}"]
+            f"device={budget.device}", "progress=false",
+            *([f"pretrained={Path(budget.pretrained).resolve()}"] if budget.pretrained else []),
+            *extra, f"hydra.run.dir={run_dir}"]
 
 
 def ultralytics_train_args(data_yaml: Path, budget: Budget, project: Path, extra: dict | None = None) -> dict:
-    """Keyword arguments of ultralytics' ``YOLO(...).train``: the same budget, no weights, its
-    run under ``project/train`` (never the working directory)."""
+    """Keyword arguments of ultralytics' ``YOLO(...).train``: the same budget, the same start (no
+    weights, or ``budget.pretrained``), its run under ``project/train`` (never the working directory)."""
     device = {"auto": None, "cuda": "0"}.get(budget.device, budget.device.removeprefix("cuda:"))
     return {"data": str(data_yaml), "epochs": budget.epochs, "imgsz": budget.imgsz, "batch": budget.batch,
-            "workers": budget.workers, "seed": budget.seed, "device": device, "pretrained": False,
+            "workers": budget.workers, "seed": budget.seed, "device": device, "pretrained": bool(budget.pretrained),
             "project": str(project), "name": "train", "exist_ok": True, "plots": False, **(extra or {})}
 
 
 def ultralytics_train_command(data_yaml: Path, budget: Budget, project: Path, extra: dict | None = None,
                               python: str = sys.executable) -> list[str]:
     args = ultralytics_train_args(data_yaml, budget, project, extra)
-    return [python, "-c", ULTRALYTICS_SCRIPT, f"yolov8{budget.scale}.yaml", json.dumps(args)]
+    model = str(Path(budget.pretrained).resolve()) if budget.pretrained else f"yolov8{budget.scale}.yaml"
+    return [python, "-c", ULTRALYTICS_SCRIPT, model, json.dumps(args)]
 
 
 def eval_command(ckpt: Path, data_yaml: Path, budget: Budget, run_dir: Path, python: str = sys.executable) -> list[str]:
@@ -328,6 +334,9 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     save_dir = out / "ultralytics" / "train"
     theirs = ultralytics_outcome(save_dir, code, output, images, epochs)
     theirs.name, theirs.wall_s = f"YOLOv8{budget.scale}", wall
+    if budget.pretrained:
+        start = Path(budget.pretrained).name
+        ours.name, theirs.name = f"{ours.name} from {start}", f"{theirs.name} from {start}"
 
     log("evaluating both with detector eval ...")
     _evaluate(ours, out / "ours" / "checkpoints" / "best.pt", resolved, budget, out / "eval_ours", runner)

@@ -287,3 +287,21 @@ def test_bench_batch_conversion_to_ultralytics_form():
     out = ultralytics_batch(batch, imgsz=64)
     assert out["batch_idx"].tolist() == [0.0, 1.0, 1.0] and out["cls"].tolist() == [[2.0], [1.0], [3.0]]
     assert out["bboxes"].tolist() == [[0.25, 0.125, 0.5, 0.25], [0.5, 0.75, 0.5, 0.5], [0.25, 0.375, 0.25, 0.5]]
+
+
+def test_pretrained_starts_both_from_the_same_checkpoint(tmp_path):
+    """--pretrained: ours gets pretrained=<file> (the safe importer), ultralytics YOLO(<file>), the scale is the file's."""
+    from detector.cli.compare import checkpoint_scale
+    from detector.compare import ultralytics_train_command
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "yolov8n_coco128_ultralytics.pt"
+    budget = Budget(epochs=2, imgsz=64, batch=2, workers=0, scale=checkpoint_scale(fixture, "n"),
+                    pretrained=str(fixture))
+    ours = ours_train_command(tmp_path / "d.yaml", budget, tmp_path / "ours")
+    assert f"pretrained={fixture.resolve()}" in ours and "model=n" in ours
+    theirs = ultralytics_train_command(tmp_path / "d.yaml", budget, tmp_path / "u")
+    assert theirs[3] == str(fixture.resolve()) and json.loads(theirs[4])["pretrained"] is True
+    with pytest.raises(ValueError, match="--model s but .* is a YOLOv8n checkpoint"):
+        checkpoint_scale(fixture, "s")
+    with pytest.raises(ValueError, match="pretrained checkpoint not found"):
+        Budget(epochs=1, imgsz=64, batch=2, workers=0, pretrained=str(tmp_path / "missing.pt"))

@@ -1,8 +1,10 @@
 """Ours against ultralytics' YOLOv8 on your data, same budget, one evaluator.
 
     PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 60 --imgsz 320 --batch 16
+    PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 10 --pretrained yolov8n.pt
 
-Trains ours and YOLOv8 (from yolov8<scale>.yaml, no weights) one after the other on the same
+Trains ours and YOLOv8 (from yolov8<scale>.yaml, no weights; or both from the same ultralytics
+checkpoint with --pretrained, the way most users train) one after the other on the same
 ultralytics data.yaml with the same epochs, imgsz, batch, workers and seed, converts YOLOv8's
 best.pt with ``detector convert``, evaluates both best.pt with ``detector val`` and prints one table:
 AP, AP50, AP75, score-IoU Spearman, wall time, training images/s. ultralytics (AGPL) is not a
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from detector.compare import (Budget, DataYamlError, PreflightError, format_table, parse_key_values, run_compare,
                               ultralytics_available)
+from detector.engine.checkpoint import CheckpointError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--model", default="n", help="scale: n s m l x (ours model=<scale>, YOLOv8 yolov8<scale>.yaml)")
+    parser.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
+                        help="an ultralytics YOLOv8 detection .pt both start from (ours through the safe importer); "
+                             "its scale is used")
     parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="extra detector train overrides")
     parser.add_argument("--ultralytics", nargs="*", default=[], metavar="KEY=VALUE", help="extra YOLO.train arguments")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/compare/<date>)")
@@ -40,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        scale = checkpoint_scale(args.pretrained, args.model) if args.pretrained else args.model
         budget = Budget(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
-                        seed=args.seed, device=args.device, scale=args.model)
+                        seed=args.seed, device=args.device, scale=scale,
+                        pretrained=str(args.pretrained) if args.pretrained else None)
         extra = parse_key_values(args.ultralytics)
-    except ValueError as error:
+    except (ValueError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -57,3 +65,18 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {out / 'compare.md'} and compare.json; run folders under {out}")
     return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def checkpoint_scale(path: Path, given: str) -> str:
+    """The YOLOv8 scale of an ultralytics checkpoint (read by the safe importer, nothing unpickled);
+    a different ``--model`` is refused."""
+    from detector.interop import load_ultralytics
+
+    if not path.is_file():
+        raise ValueError(f"--pretrained {path}: no such file")
+    _, report = load_ultralytics(path)
+    scale = report["model_args"]["scale"]
+    if given not in ("n", scale):  # n is the default: taken as "not given"
+        raise ValueError(f"--model {given} but {path} is a YOLOv8{scale} checkpoint; drop --model")
+    return scale
+
