@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from scipy import stats
 
-METRICS = ("AP", "AP50", "APs", "APm", "APl", "spearman", "pearson")
+METRICS = ("AP", "ECE", "AP50", "APs", "APm", "APl", "spearman", "pearson")  # ECE: runs from before it have none
 POOLED_KEYS = ("seed",)
 IGNORED_KEYS = ("out_dir", "device", "workers", "progress", "hydra.run.dir", "hydra.sweep.dir")
 ALPHA = 0.05  # two-sided significance level of the "resolved" mark; the interval is 1 - ALPHA
@@ -184,7 +184,8 @@ def _fmt(value: float, spec: str = ".3f") -> str:
 
 def markdown_table(rows: list[dict], metric: str = "AP") -> str:
     """Per arm: runs, ``metric`` mean ± std, its 95% interval and (after ``compare_to_baseline``)
-    the difference to the baseline, Welch's p and the resolved mark; then the other metrics."""
+    the difference to the baseline, Welch's p and the resolved mark; then the other metrics, ECE
+    (score calibration, lower is better) first; "-" for a metric the arm's summaries lack."""
     compared = any("p" in row for row in rows)
     others = [m for m in METRICS if m != metric]
     head = ["arm", "runs", metric, f"{metric} 95% CI"]
@@ -207,7 +208,11 @@ def markdown_table(rows: list[dict], metric: str = "AP") -> str:
 
 
 def _mean_std(row: dict, metric: str) -> str:
-    return f"{row[metric]:.3f} ± {row[metric + '_std']:.3f}" if row["runs"] > 1 else f"{row[metric]:.3f}"
+    """Mean ± std over the arm's runs that have ``metric``; "-" when none has it."""
+    values = row[f"{metric}_values"]
+    if not values:
+        return "-"
+    return f"{row[metric]:.3f} ± {row[metric + '_std']:.3f}" if len(values) > 1 else f"{row[metric]:.3f}"
 
 
 def plot(rows: list[dict], path: str | Path) -> None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from detector.engine import tasks
 from detector.engine.compose import compose_task, log_to, run_dir_of_job, run_task
 from detector.engine.compose import config_dir as config_dir_default
+from detector.models.registry import model_names
 
 log = logging.getLogger("detector")
 
@@ -57,7 +58,7 @@ class Detector:
         self.run_dir: Path | None = None
         self.ckpt_path: Path | None = None
         self.config: dict = {}
-        if isinstance(model, str) and model in SCALES:
+        if isinstance(model, str) and (model in SCALES or model in model_names()):
             from detector.models.detector import build_model
 
             self.model = build_model(model, num_classes=num_classes).eval()
@@ -117,8 +118,8 @@ class Detector:
     def _architecture_overrides(self, keys: set[str]) -> list[str]:
         """model=<scale> (and dfl=off for a reg_max=1 head) unless given; pretrained=<ckpt_path>."""
         extra = []
-        if "model" not in keys and self.model.scale in SCALES:
-            extra.append(f"model={self.model.scale}")
+        if "model" not in keys and getattr(self.model, "name", None) in model_names():  # model=n: YOLOv8's own
+            extra.append(f"model={self.model.scale if self.model.arch == 'yolov8' else self.model.name}")
         if "dfl" not in keys and self.model.reg_max == 1:
             extra.append("dfl=off")
         if self.ckpt_path is not None and "pretrained" not in keys:

@@ -47,7 +47,7 @@ class Budget:
     workers: int
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N, as detector train takes it
-    scale: str = "n"
+    scale: str = "n"  # a scale (n: YOLOv8's) or a model name: yolov8s, yolo11n, ...
     pretrained: str | None = None  # an ultralytics checkpoint both start from (fine-tuning); None: from scratch
 
     def __post_init__(self):
@@ -58,10 +58,30 @@ class Budget:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {self.imgsz}")
-        if self.scale not in SCALES:
-            raise ValueError(f"model scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        from detector.models.registry import resolve
+
+        try:
+            resolve(self.scale)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"model scale must be one of {', '.join(SCALES)} or a model name: {error}") from None
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise ValueError(f"pretrained checkpoint not found: {self.pretrained}")
+
+
+    @property
+    def model_name(self) -> str:
+        """yolov8n, yolo11s, ...: ours is model=<this>, ultralytics <this>.yaml."""
+        from detector.models.registry import resolve
+
+        architecture, scale = resolve(self.scale)
+        return architecture.model_name(scale)
+
+    @property
+    def ultralytics_name(self) -> str:
+        from detector.models.registry import resolve
+
+        architecture, scale = resolve(self.scale)
+        return f"{architecture.title}{scale}"
 
 
 class PreflightError(RuntimeError):
@@ -118,7 +138,7 @@ def ultralytics_available() -> bool:
 def ours_train_command(data_yaml: Path, budget: Budget, run_dir: Path, extra: list[str] = (),
                        python: str = sys.executable) -> list[str]:
     return [python, *DETECTOR, "train", "data=yolo", f"data.data_yaml={data_yaml}",
-            f"model={budget.scale}", f"epochs={budget.epochs}", f"imgsz={budget.imgsz}",
+            f"model={budget.model_name}", f"epochs={budget.epochs}", f"imgsz={budget.imgsz}",
             f"batch_size={budget.batch}", f"workers={budget.workers}", f"seed={budget.seed}",
             f"device={budget.device}", "progress=false",
             *([f"pretrained={Path(budget.pretrained).resolve()}"] if budget.pretrained else []),
@@ -137,7 +157,7 @@ def ultralytics_train_args(data_yaml: Path, budget: Budget, project: Path, extra
 def ultralytics_train_command(data_yaml: Path, budget: Budget, project: Path, extra: dict | None = None,
                               python: str = sys.executable) -> list[str]:
     args = ultralytics_train_args(data_yaml, budget, project, extra)
-    model = str(Path(budget.pretrained).resolve()) if budget.pretrained else f"yolov8{budget.scale}.yaml"
+    model = str(Path(budget.pretrained).resolve()) if budget.pretrained else f"{budget.model_name}.yaml"
     return [python, "-c", ULTRALYTICS_SCRIPT, model, json.dumps(args)]
 
 
@@ -326,21 +346,21 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     code, output, wall = _run(ours_train_command(resolved, budget, out / "ours", list(ours_extra)),
                               out / "ours_train.log", runner)
     ours = ours_outcome(out / "ours", code, output, images, epochs)
-    ours.name, ours.wall_s = f"ours ({budget.scale})", wall
+    ours.name, ours.wall_s = f"ours ({budget.scale})", wall  # "ours (n)": the scale as given
 
     log("training YOLOv8 (ultralytics) ...")
     command = ultralytics_train_command(resolved, budget, out / "ultralytics", ultralytics_extra)
     code, output, wall = _run(command, out / "ultralytics_train.log", runner, cwd=out)  # anything it drops lands here
     save_dir = out / "ultralytics" / "train"
     theirs = ultralytics_outcome(save_dir, code, output, images, epochs)
-    theirs.name, theirs.wall_s = f"YOLOv8{budget.scale}", wall
+    theirs.name, theirs.wall_s = budget.ultralytics_name, wall
     if budget.pretrained:
         start = Path(budget.pretrained).name
         ours.name, theirs.name = f"{ours.name} from {start}", f"{theirs.name} from {start}"
 
     log("evaluating both with detector eval ...")
     _evaluate(ours, out / "ours" / "checkpoints" / "best.pt", resolved, budget, out / "eval_ours", runner)
-    converted = out / f"yolov8{budget.scale}_converted.pt"
+    converted = out / f"{budget.model_name}_converted.pt"
     if theirs.status == "ok":
         best = save_dir / "weights" / "best.pt"
         code, output, _ = _run([sys.executable, *DETECTOR, "convert", str(best), str(converted), "--force"],

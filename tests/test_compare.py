@@ -107,7 +107,7 @@ def test_budget_refuses_bad_values(kwargs, message):
 def test_both_commands_carry_the_same_budget(tmp_path):
     command = ours_train_command(tmp_path / "d.yaml", BUDGET, tmp_path / "ours", ["loss_cls=bce"])
     assert command[1:4] == ["-m", "detector", "train"] and f"data.data_yaml={tmp_path / 'd.yaml'}" in command
-    for item in ("epochs=2", "imgsz=64", "batch_size=2", "workers=0", "seed=3", "device=cpu", "model=n", "loss_cls=bce"):
+    for item in ("epochs=2", "imgsz=64", "batch_size=2", "workers=0", "seed=3", "device=cpu", "model=yolov8n", "loss_cls=bce"):
         assert item in command
     args = ultralytics_train_args(tmp_path / "d.yaml", BUDGET, tmp_path / "u", {"lr0": 0.02})
     assert {k: args[k] for k in ("epochs", "imgsz", "batch", "workers", "seed", "device", "pretrained", "lr0")} == \
@@ -298,10 +298,21 @@ def test_pretrained_starts_both_from_the_same_checkpoint(tmp_path):
     budget = Budget(epochs=2, imgsz=64, batch=2, workers=0, scale=checkpoint_scale(fixture, "n"),
                     pretrained=str(fixture))
     ours = ours_train_command(tmp_path / "d.yaml", budget, tmp_path / "ours")
-    assert f"pretrained={fixture.resolve()}" in ours and "model=n" in ours
+    assert f"pretrained={fixture.resolve()}" in ours and "model=yolov8n" in ours
     theirs = ultralytics_train_command(tmp_path / "d.yaml", budget, tmp_path / "u")
     assert theirs[3] == str(fixture.resolve()) and json.loads(theirs[4])["pretrained"] is True
-    with pytest.raises(ValueError, match="--model s but .* is a YOLOv8n checkpoint"):
+    with pytest.raises(ValueError, match="--model s but .* is a yolov8n checkpoint"):
         checkpoint_scale(fixture, "s")
     with pytest.raises(ValueError, match="pretrained checkpoint not found"):
         Budget(epochs=1, imgsz=64, batch=2, workers=0, pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_a_yolo11_model_name_compares_yolo11_with_yolo11(tmp_path):
+    from detector.compare import ultralytics_train_command
+
+    budget = Budget(epochs=1, imgsz=64, batch=2, workers=0, scale="yolo11n")
+    assert "model=yolo11n" in ours_train_command(tmp_path / "d.yaml", budget, tmp_path / "ours")
+    assert ultralytics_train_command(tmp_path / "d.yaml", budget, tmp_path / "u")[3] == "yolo11n.yaml"
+    assert budget.ultralytics_name == "YOLO11n" and Budget(1, 64, 2, 0).ultralytics_name == "YOLOv8n"
+    with pytest.raises(ValueError, match="model scale must be one of"):
+        Budget(1, 64, 2, 0, scale="yolo12n")

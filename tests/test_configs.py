@@ -63,7 +63,7 @@ def test_model_configs_all_instantiate():
     for scale in options("model"):
         cfg = compose_train([f"model={scale}"])
         model = build.build_model(cfg, num_classes=80)
-        assert model.scale == scale
+        assert model.name == (scale if scale.startswith("yolo") else f"yolov8{scale}")
 
 
 def test_dfl_off_changes_head_and_criterion_together():

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--model", default="n", help="scale: n s m l x (ours model=<scale>, YOLOv8 yolov8<scale>.yaml)")
+    parser.add_argument("--model", default="n", help="n s m l x (YOLOv8) or a model name: yolov8s, yolo11n, ... "
+                        "(ours model=<name>, ultralytics <name>.yaml)")
     parser.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
                         help="an ultralytics YOLOv8 detection .pt both start from (ours through the safe importer); "
                              "its scale is used")
@@ -68,15 +69,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def checkpoint_scale(path: Path, given: str) -> str:
-    """The YOLOv8 scale of an ultralytics checkpoint (read by the safe importer, nothing unpickled);
-    a different ``--model`` is refused."""
+    """The model name (yolov8n, yolo11s, ...) of an ultralytics checkpoint, read by the safe
+    importer (nothing unpickled); a different ``--model`` is refused."""
     from detector.interop import load_ultralytics
+    from detector.models.registry import get_architecture, resolve
 
     if not path.is_file():
         raise ValueError(f"--pretrained {path}: no such file")
     _, report = load_ultralytics(path)
-    scale = report["model_args"]["scale"]
-    if given not in ("n", scale):  # n is the default: taken as "not given"
-        raise ValueError(f"--model {given} but {path} is a YOLOv8{scale} checkpoint; drop --model")
-    return scale
+    architecture = get_architecture(report["model_args"].get("arch", "yolov8"))
+    name = architecture.model_name(report["model_args"]["scale"])
+    if given != "n" and resolve(given)[0].model_name(resolve(given)[1]) != name:  # n is the default: "not given"
+        raise ValueError(f"--model {given} but {path} is a {name} checkpoint; drop --model")
+    return name
 

@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         "epoch": -1,
         "metrics": {},
     }, args.output)
-    scale, classes = report["model_args"]["scale"], report["model_args"]["num_classes"]
+    from detector.models import get_architecture
+
+    args_ = report["model_args"]
+    title = get_architecture(args_.get("arch", "yolov8")).title
+    scale, classes = args_["scale"], args_["num_classes"]
     print(f"{args.source} (ultralytics {report['version']}, '{report['weights']}' weights) -> {args.output}: "
-          f"YOLOv8{scale}, {classes} classes, {report['mapped']} of {report['total']} tensors mapped"
+          f"{title}{scale}, {classes} classes, {report['mapped']} of {report['total']} tensors mapped"
           f" (not mapped: {', '.join(report['unmapped']) or 'none'}; the DFL ramp is built in)")
     return 0

@@ -160,15 +160,22 @@ def _check_tensors(node, path: Path, where: str) -> None:
 
 def checked_model_args(state: dict, path: str | os.PathLike) -> dict:
     """``state["model_args"]`` once it is in range and agrees with the weights' shapes, before any model is built
-    (a header that says 10**9 classes would otherwise allocate gigabytes)."""
-    from detector.models.backbone import SCALES
+    (a header that says 10**9 classes would otherwise allocate gigabytes). ``arch`` names an architecture of
+    detector.models.registry; a checkpoint without it (written before YOLO11 was added) is a YOLOv8 one."""
+    from detector.models.head import class_branch_width
+    from detector.models.registry import DEFAULT_ARCH, architectures
 
     args, weights = state.get("model_args"), state.get("model")
     if not isinstance(args, dict) or not isinstance(weights, dict):
         raise CheckpointError(f"{path}: no model_args / model weights mapping; it is not a complete checkpoint")
-    scale, num_classes, reg_max = args.get("scale"), args.get("num_classes"), args.get("reg_max", 16)
-    if scale not in SCALES:
-        raise CheckpointError(f"{path}: model_args.scale is {scale!r}; valid: {', '.join(SCALES)}")
+    arch, scale = args.get("arch", DEFAULT_ARCH), args.get("scale")
+    num_classes, reg_max = args.get("num_classes"), args.get("reg_max", 16)
+    known = architectures()
+    if not isinstance(arch, str) or arch not in known:
+        raise CheckpointError(f"{path}: model_args.arch is {arch!r}; valid: {', '.join(known)}")
+    if not isinstance(scale, str) or scale not in known[arch].scales:
+        raise CheckpointError(f"{path}: model_args.scale is {scale!r}; valid for {arch}: "
+                              f"{', '.join(known[arch].scales)}")
     for key, value, top in (("num_classes", num_classes, MAX_CLASSES), ("reg_max", reg_max, MAX_REG_MAX)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise CheckpointError(f"{path}: model_args.{key} is {value!r}; expected an integer in [1, {top}]")
@@ -180,12 +187,12 @@ def checked_model_args(state: dict, path: str | os.PathLike) -> dict:
             raise CheckpointError(f"{path}: model_args.{key}={args.get(key, reg_max)} does not fit the weights "
                                   f"(head.{branch}.0.2.weight has shape {shape}, expected {expected} outputs)")
     cls_width = args.get("cls_width")
-    hidden = weights.get("head.cls_branches.0.0.conv.weight")
+    hidden = class_branch_width(weights)
     if cls_width is not None and (isinstance(cls_width, bool) or not isinstance(cls_width, int) or
-                                  not isinstance(hidden, torch.Tensor) or hidden.shape[0] != cls_width):
+                                  hidden is None or hidden[0] != cls_width):
         raise CheckpointError(f"{path}: model_args.cls_width={cls_width!r} does not fit the weights "
-                              "(head.cls_branches.0.0.conv.weight)")
-    return {"scale": scale, "num_classes": num_classes, "reg_max": reg_max, "cls_width": cls_width}
+                              "(the class branch's first hidden conv, head.cls_branches.0.0)")
+    return {"arch": arch, "scale": scale, "num_classes": num_classes, "reg_max": reg_max, "cls_width": cls_width}
 
 
 def load_state(model: torch.nn.Module, weights: dict, path: str | os.PathLike, what: str = "weights") -> None:

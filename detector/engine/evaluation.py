@@ -30,11 +30,16 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
                          data_given: bool, source: str = "the model"):
     """Score ``model`` (a fused copy; the argument is left untouched) on the validation split, print
     the metric and per-class tables and write detections.json, metrics.json and the pictures to
-    ``run_dir``. ``train_cfg``: the checkpoint's config ({} for none). Returns the EvalResult.
-    Raises EvalDataError when the data set's class count is not the model's."""
+    ``run_dir``; with ``diagnostics`` (default true) also diagnostics.json, per_class.csv, the
+    confusion matrices (``confusion_conf``, ``confusion_iou``: 0.25, 0.45), the P, R, F1 and PR
+    curves, the reliability diagram and ``val_batches`` (3) pictures of val images
+    (detector/eval/diagnostics.py). ``train_cfg``: the checkpoint's config ({} for none). Returns
+    the EvalResult. Raises EvalDataError when the data set's class count is not the model's."""
     from detector.engine.build import build_val_loader, resolve_device
+    from detector.eval.diagnostics import CONFUSION_CONF, CONFUSION_IOU, VAL_BATCHES, write_diagnostics
     from detector.eval.evaluator import evaluate
-    from detector.eval.report import format_metrics_table, format_per_class_table, write_eval_outputs
+    from detector.eval.report import (format_class_table, format_metrics_table, format_per_class_table,
+                                      write_eval_outputs)
 
     saved_data = train_cfg.get("data")
     own_data = isinstance(saved_data, dict) and "_target_" in saved_data  # a converted file records no data set
@@ -57,7 +62,17 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
         log.warning("the model made no detections above conf=%s on %d images: every metric is 0", cfg.conf,
                     len(splits.val))
     print(format_metrics_table(result.metrics))
-    print(format_per_class_table(result.per_class))
     write_eval_outputs(run_dir, result, list(splits.names))
-    log.info("wrote detections.json, metrics.json and pictures to %s", Path(run_dir))
+    if cfg.get("diagnostics", True):
+        diagnostics = write_diagnostics(run_dir, result.detections, result.gt, list(splits.names),
+                                        precision=result.precision, dataset=splits.val,
+                                        conf=cfg.get("confusion_conf", CONFUSION_CONF),
+                                        iou=cfg.get("confusion_iou", CONFUSION_IOU),
+                                        val_batches=cfg.get("val_batches", VAL_BATCHES))
+        print(format_class_table(diagnostics))
+        log.info("wrote detections.json, metrics.json, diagnostics.json, per_class.csv and pictures to %s",
+                 Path(run_dir))
+    else:
+        print(format_per_class_table(result.per_class))
+        log.info("wrote detections.json, metrics.json and pictures to %s", Path(run_dir))
     return result

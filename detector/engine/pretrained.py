@@ -1,8 +1,8 @@
 """Start a run from pretrained weights (``pretrained=PATH``) and freeze leading layers (``freeze=K``).
 
-PATH is one of our checkpoints or an ultralytics YOLOv8 detection .pt (read by detector.interop,
-never by unpickling code). Every tensor whose name and shape match is loaded, a module (conv, BN)
-whole or not at all. When the class count differs, as in ultralytics 8.4:
+PATH is one of our checkpoints or an ultralytics YOLOv8 or YOLO11 detection .pt (read by
+detector.interop, never by unpickling code). Every tensor whose name and shape match is loaded, a
+module (conv, BN) whole or not at all. When the class count differs, as in ultralytics 8.4:
 
 - the model is built with the checkpoint's class-branch width (``source_cls_width``; at scale n the
   default width max(64, min(C, 100)) depends on C), so the branch's hidden layers transfer and only
@@ -12,13 +12,15 @@ whole or not at all. When the class count differs, as in ultralytics 8.4:
   spaces ignored) are copied from it ("remapped"): a COCO model fine-tuned on "person" keeps its
   person classifier.
 
-Anything else that does not fit is "skipped". A checkpoint of another scale fails before training
-starts.
+Anything else that does not fit is "skipped". A checkpoint of another architecture or scale fails
+before training starts.
 
-``freeze=K`` follows ultralytics' ``freeze``: its layers model.0 .. model.K-1 (yolov8.yaml order:
-backbone 0-9, neck 10-21, head 22) stop training. Their counterparts here come from the same
-index map the importer uses. ultralytics always freezes its DFL conv; ours has no such weights (the
-decode computes the expectation over bins with a fixed ramp), so nothing needs freezing for it.
+``freeze=K`` follows ultralytics' ``freeze``: its layers model.0 .. model.K-1 stop training, in the
+layer order of the model's architecture (yolov8.yaml: backbone 0-9, neck 10-21, head 22, so
+``freeze=10`` is the backbone; yolo11.yaml: backbone 0-10, neck 11-22, head 23, ``freeze=11``).
+Their counterparts here come from the same index map the importer uses (the registry's). ultralytics
+always freezes its DFL conv; ours has no such weights (the decode computes the expectation over bins
+with a fixed ramp), so nothing needs freezing for it.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ import torch
 from torch import nn
 
 from detector.engine.checkpoint import CheckpointError, checked_model_args, plain_list, read_checkpoint
-from detector.interop.ultralytics import LAYER_PREFIXES, convert_state, is_ultralytics_checkpoint
+from detector.interop.ultralytics import convert_state, is_ultralytics_checkpoint
+from detector.models.registry import DEFAULT_ARCH, get_architecture, resolve
 
 log = logging.getLogger("detector")
 CLASS_BRANCH = "head.cls_branches."
@@ -51,18 +54,22 @@ def read_pretrained(path: str | os.PathLike) -> tuple[dict, dict]:
                                  "names": plain_list(checkpoint, "names", str, path)}
 
 
-def source_cls_width(source: tuple[dict, dict], scale: str, num_classes: int) -> int | None:
+def source_cls_width(source: tuple[dict, dict], scale: str, num_classes: int, arch: str | None = None) -> int | None:
     """The checkpoint's class-branch hidden width when it differs from the default width a model of
-    ``num_classes`` would get at the same ``scale`` (so that the hidden layers can transfer), else None."""
-    from detector.models.backbone import SCALES
-    from detector.models.head import default_cls_width
+    ``num_classes`` would get at the same architecture and scale (so that the hidden layers can transfer),
+    else None. ``scale``: a model name ("yolo11n") or a scale of ``arch`` (None: YOLOv8)."""
+    from detector.models.head import class_branch_width, default_cls_width
 
     state, args = source
-    hidden = state.get(CLASS_BRANCH + "0.0.conv.weight")
-    if args.get("scale") != scale or scale not in SCALES or hidden is None:
+    try:
+        architecture, scale = resolve(scale, arch)
+    except ValueError:
         return None
-    width = int(hidden.shape[0])
-    return width if width != default_cls_width((hidden.shape[1],), num_classes) else None
+    hidden = class_branch_width(state)
+    if (args.get("arch", DEFAULT_ARCH), args.get("scale")) != (architecture.name, scale) or hidden is None:
+        return None
+    width, in_width = hidden
+    return width if width != default_cls_width((in_width,), num_classes) else None
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, log: Callable[[str], None] = log.info,
@@ -70,14 +77,17 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, log: Callable[[st
     """Copy every matching tensor of the checkpoint at ``path`` into ``model``; returns the counts.
 
     ``names``: the model's class names, for the remap by name; ``source``: ``read_pretrained(path)``
-    when already read. Raises CheckpointError when the checkpoint's scale differs from the model's
-    (naming the right one) or when nothing at all matches.
+    when already read. Raises CheckpointError when the checkpoint's architecture or scale differs from
+    the model's (naming the right model) or when nothing at all matches.
     """
     state, args = source or read_pretrained(path)
-    scale = getattr(model, "scale", None)
-    if scale not in (None, "custom") and args.get("scale") != scale:
-        raise CheckpointError(f"pretrained={path}: checkpoint is scale {args.get('scale')}, the model is scale "
-                              f"{scale}; use model={args.get('scale')}")
+    scale, arch = getattr(model, "scale", None), getattr(model, "arch", DEFAULT_ARCH)
+    their_arch, their_scale = args.get("arch", DEFAULT_ARCH), args.get("scale")
+    if scale not in (None, "custom") and (their_arch, their_scale) != (arch, scale):
+        option = their_scale if their_arch == DEFAULT_ARCH else f"{their_arch}{their_scale}"  # configs/model
+        what = (f"scale {their_scale}, the model is scale {scale}" if their_arch == arch else
+                f"{their_arch}{their_scale}, the model is {arch}{scale}")
+        raise CheckpointError(f"pretrained={path}: checkpoint is {what}; use model={option}")
     own = model.state_dict()
     # A module (conv, BN) loads whole or not at all: fresh BN weights beside stale statistics mean nothing.
     misfit = {name.rpartition(".")[0] for name, tensor in state.items()
@@ -130,20 +140,23 @@ def remap_classes_by_name(model: nn.Module, state: dict, source_names: list[str]
     return [str(names[i]) for i, _ in pairs] if copied else []
 
 
-def freeze_prefixes(layers: int | Iterable[int]) -> list[str]:
-    """Our module prefixes of ultralytics' layers ``range(layers)`` (or the listed indices)."""
+def freeze_prefixes(layers: int | Iterable[int], arch: str | None = None) -> list[str]:
+    """Our module prefixes of ultralytics' layers ``range(layers)`` (or the listed indices) of ``arch``
+    (None: YOLOv8)."""
+    prefixes = get_architecture(arch).layer_prefixes
     indices = range(layers) if isinstance(layers, int) else list(layers)
     if isinstance(layers, int) and layers < 0 or any(int(i) < 0 for i in indices):
         raise ValueError(f"freeze={layers}: layer indices must be >= 0")
-    return [LAYER_PREFIXES[i] + "." for i in indices if i in LAYER_PREFIXES]
+    return [prefixes[i] + "." for i in indices if i in prefixes]
 
 
 def freeze_layers(model: nn.Module, layers: int | Iterable[int]) -> int:
-    """Set requires_grad=False on the parameters of ultralytics' first ``layers`` layers; returns how many.
+    """Set requires_grad=False on the parameters of ultralytics' first ``layers`` layers, in the layer order
+    of the model's architecture (``model.arch``); returns how many.
 
     BatchNorm statistics of frozen layers still update in train mode, as in ultralytics.
     """
-    prefixes = freeze_prefixes(layers)
+    prefixes = freeze_prefixes(layers, getattr(model, "arch", DEFAULT_ARCH))
     count = 0
     for name, param in model.named_parameters():
         if any(name.startswith(p) for p in prefixes):

@@ -12,7 +12,7 @@ from detector.engine.checkpoint import read_checkpoint
 log = logging.getLogger("detector")
 
 # keys a resumed run may change on the command line; everything else comes from the checkpoint
-RESUME_OVERRIDABLE = ("epochs", "device", "workers", "progress", "val_interval", "log_interval", "amp")
+RESUME_OVERRIDABLE = ("epochs", "device", "workers", "progress", "val_interval", "log_interval", "amp", "patience")
 
 
 def setup_logging(run_dir: str | Path | None = None, name: str = "train") -> None:

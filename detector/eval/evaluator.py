@@ -18,14 +18,15 @@ from tqdm import tqdm
 from detector.boxes import xyxy_to_xywh
 from detector.data.index import warn_once
 from detector.eval.coco import METRIC_NAMES, coco_evaluate, load_gt
-from detector.eval.consistency import correlations, matched_score_iou
+from detector.eval.consistency import correlations
+from detector.eval.diagnostics import expected_calibration_error, scores_and_best_ious
 
 NO_BOXES = "the val set has no labelled boxes: AP is undefined"
 
 
 @dataclass
 class EvalResult:
-    metrics: dict  # the 12 COCO numbers + spearman, pearson
+    metrics: dict  # the 12 COCO numbers + spearman, pearson, ECE
     per_class: dict  # class name -> AP@[.5:.95]
     detections: list = field(default_factory=list)
     precision: np.ndarray | None = None
@@ -33,6 +34,7 @@ class EvalResult:
     left_out: list = field(default_factory=list)  # "path: reason" of the val images left out of the metric
     undefined: str | None = None  # why the metrics are NaN (NO_BOXES), else None
     not_scored: int = 0  # images of the json left out of the metric (the left_out ones and any not in the data set)
+    gt: dict | None = None  # the COCO dict scored against (only the images scored): for detector/eval/diagnostics.py
 
 
 @dataclass
@@ -106,17 +108,18 @@ def score_detections(ann_file, detections: list[dict], backend: str = "faster", 
     if image_ids is not None:
         gt, removed = restrict_gt(gt, image_ids)
     result = coco_evaluate(gt, detections, backend=backend)
-    scores, ious = matched_score_iou(gt, detections)
+    scores, ious = scores_and_best_ious(gt, detections)  # consistency.matched_score_iou's numbers, vectorised
     consistency = correlations(scores, ious)
     names = {c["id"]: c["name"] for c in gt.get("categories", [])}
-    metrics = {**result.stats, "spearman": consistency["spearman"], "pearson": consistency["pearson"]}
+    metrics = {**result.stats, "spearman": consistency["spearman"], "pearson": consistency["pearson"],
+               "ECE": expected_calibration_error(scores, ious)}
     undefined = None
     if not any(not ann.get("iscrowd", 0) for ann in gt.get("annotations", [])):
         undefined = NO_BOXES
         metrics.update({name: math.nan for name in METRIC_NAMES})
     per_class = {names.get(cat, str(cat)): ap for cat, ap in result.per_class.items()}
     return EvalResult(metrics, per_class, detections, result.precision, (scores, ious), undefined=undefined,
-                      not_scored=removed)
+                      not_scored=removed, gt=gt)
 
 
 def plural(count: int, one: str, many: str) -> str:

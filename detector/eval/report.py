@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from detector.eval.diagnostics import MATCH_IOU
 from detector.eval.plots import figure_pr_curves, figure_score_vs_iou, save
 
 DESCRIPTIONS = {
@@ -15,6 +16,7 @@ DESCRIPTIONS = {
     "AR100": "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "ARs": "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
     "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "ARl": "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
     "spearman": "score-IoU Spearman correlation", "pearson": "score-IoU Pearson correlation",
+    "ECE": "expected calibration error, score vs IoU",
 }
 
 
@@ -36,6 +38,25 @@ def format_per_class_table(per_class: dict) -> str:
     lines += [f"{str(name):<{width}}  {ap:.4f}" if ap >= 0 else f"{str(name):<{width}}  (no GT)"
               for name, ap in per_class.items()]
     return "\n".join(lines)
+
+
+def format_class_table(diagnostics) -> str:
+    """The diagnostics' per-class table: P, R and F1 at the F1-optimal confidence, AP50, AP, and
+    each class's own F1-optimal confidence; "-" where undefined (no GT, or F1 0 throughout)."""
+    rows = diagnostics.table
+    width = max([len(str(row["class"])) for row in rows] + [5])
+    lines = [f"P, R and F1 at the F1-optimal confidence {_cell(diagnostics.conf)} (score > it, IoU {MATCH_IOU:g}); "
+             "conf: each class's own F1-optimal confidence",
+             f"{'class':<{width}}  {'images':>6}  {'instances':>9}  {'P':>5}  {'R':>5}  {'F1':>5}  {'AP50':>5}  "
+             f"{'AP':>5}  {'conf':>5}"]
+    for row in rows:
+        lines.append(f"{str(row['class']):<{width}}  {row['images']:>6}  {row['instances']:>9}  "
+                     + "  ".join(f"{_cell(row[k]):>5}" for k in ("P", "R", "F1", "AP50", "AP", "conf")))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
 def write_eval_outputs(out_dir, result, names: list[str]) -> None:

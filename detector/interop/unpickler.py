@@ -324,10 +324,10 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python implementation: its 
         if module.startswith(YOLOV5_ROOTS):
             raise CheckpointError(
                 f"{self.path} is a YOLOv5 checkpoint from the ultralytics/yolov5 repository (it pickles "
-                f"{module}.{name}); this project builds YOLOv8 detection models and imports only YOLOv8 files")
+                f"{module}.{name}); this project builds YOLOv8 and YOLO11 detection models and imports only their files")
         raise CheckpointError(
             f"{self.path} names the global {short(module, 200)[1:-1]}.{short(name, 200)[1:-1]}, which is not on "
-            "the allow-list of a YOLOv8 checkpoint (tensors, plain containers, ultralytics and torch.nn modules); "
+            "the allow-list of a YOLOv8/YOLO11 checkpoint (tensors, plain containers, ultralytics and torch.nn modules); "
             "refusing to load it")
 
     def record_type(self, source: str) -> type:

@@ -1,4 +1,5 @@
-"""The model: CSPDarknet backbone, PAN-FPN neck, decoupled head (see detector.py).
+"""The model: a backbone, a PAN-FPN neck and the decoupled head (see detector.py); the architectures
+(yolov8.py, yolo11.py) and their scales are listed in registry.py.
 
 ``DetectionModel`` is the ``torch.nn.Module``; ``detector.Detector`` is the Python API around it.
 """
@@ -7,8 +8,10 @@ import warnings
 from detector.models.detector import DetectionModel, build_model
 from detector.models.head import DecoupledHead, HeadOutput
 from detector.models.postprocess import postprocess
+from detector.models.registry import Architecture, Scale, architectures, get_architecture, model_names, resolve
 
-__all__ = ["DetectionModel", "build_model", "DecoupledHead", "HeadOutput", "postprocess"]
+__all__ = ["DetectionModel", "build_model", "DecoupledHead", "HeadOutput", "postprocess", "Architecture", "Scale",
+           "architectures", "get_architecture", "model_names", "resolve"]
 
 
 def __getattr__(name: str):

@@ -1,26 +1,34 @@
 """The detector: backbone -> neck -> head; train mode returns HeadOutput, eval mode the decoded
-predictions [B, A, 4 + C] (xyxy px, then per-class sigmoid scores)."""
+predictions [B, A, 4 + C] (xyxy px, then per-class sigmoid scores). ``build_model`` builds any
+architecture of the registry (detector.models.registry) at any of its scales."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from detector.boxes import decode_boxes
-from detector.models.backbone import SCALES, CSPDarknet
 from detector.models.head import DecoupledHead, HeadOutput
 from detector.models.layers import Conv
-from detector.models.neck import PANFPN
 from detector.models.postprocess import postprocess
+from detector.models.registry import DEFAULT_ARCH, resolve
 
 MAX_STRIDE = 32
 
 
 class DetectionModel(nn.Module):
-    def __init__(self, *, backbone: nn.Module, neck: nn.Module, head: DecoupledHead, scale: str = "custom"):
+    """``arch`` and ``scale`` say what was built ("yolo11", "n"), so that checkpoints can record it;
+    ``name`` is the model's name in the registry and in configs/model ("yolo11n")."""
+
+    def __init__(self, *, backbone: nn.Module, neck: nn.Module, head: DecoupledHead, scale: str = "custom",
+                 arch: str = DEFAULT_ARCH):
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
-        self.scale = scale
+        self.arch, self.scale = arch, scale
         self.num_classes, self.reg_max, self.strides = head.num_classes, head.reg_max, head.strides
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}{self.scale}"
 
     def forward(self, images: Tensor) -> HeadOutput | Tensor:
         """images [B, 3, H, W] float in [0, 1], H and W multiples of 32."""
@@ -56,16 +64,17 @@ class DetectionModel(nn.Module):
         return self
 
 
-def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None) -> DetectionModel:
-    """A YOLOv8-layout detector; scale in n/s/m/l/x (YOLOv8 depths, widths and channel caps);
+def build_model(scale: str = "n", num_classes: int = 80, reg_max: int = 16, cls_width: int | None = None,
+                arch: str | None = None) -> DetectionModel:
+    """A detector of the registry: ``scale`` a model name ("yolov8n" ... "yolo11x") or a scale
+    (n/s/m/l/x) of ``arch`` (None: YOLOv8). Depths, widths and channel caps are ultralytics' yaml's;
     ``cls_width`` None gives ultralytics' class-branch width (detector.models.head)."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown model scale {scale!r}; valid: {', '.join(SCALES)}")
+    architecture, scale = resolve(scale, arch)
     if num_classes < 1 or reg_max < 1:
         raise ValueError(f"num_classes and reg_max must be >= 1, got {num_classes}, {reg_max}")
-    backbone = CSPDarknet(SCALES[scale])
-    neck = PANFPN(backbone.out_channels, SCALES[scale])
     if cls_width is not None and not 1 <= cls_width <= 4096:
         raise ValueError(f"cls_width must be in [1, 4096] or None, got {cls_width}")
-    head = DecoupledHead(neck.out_channels, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
-    return DetectionModel(backbone=backbone, neck=neck, head=head, scale=scale)
+    backbone, neck = architecture.build_features(scale)
+    head = DecoupledHead(neck.out_channels, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width,
+                         depthwise_cls=architecture.depthwise_cls)
+    return DetectionModel(backbone=backbone, neck=neck, head=head, scale=scale, arch=architecture.name)

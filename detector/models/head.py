@@ -37,8 +37,24 @@ def default_cls_width(in_channels: tuple[int, ...], num_classes: int) -> int:
     return max(in_channels[0], min(num_classes, 100))
 
 
+CLS_HIDDEN_KEY = "head.cls_branches.0.0.conv.weight"
+DEPTHWISE_CLS_HIDDEN_KEY = "head.cls_branches.0.0.1.conv.weight"
+
+
+def class_branch_width(state: dict) -> tuple[int, int] | None:
+    """(hidden width, input width) of level 0 of the class branch in a state dict of either layout
+    (YOLOv8: ``head.cls_branches.0.0`` a 3x3 Conv; YOLO11: ``head.cls_branches.0.0.1`` the 1x1 Conv
+    after the depthwise one); None when neither is there."""
+    for key in (CLS_HIDDEN_KEY, DEPTHWISE_CLS_HIDDEN_KEY):
+        weight = state.get(key)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+            return int(weight.shape[0]), int(weight.shape[1])
+    return None
+
+
 class DecoupledHead(nn.Module):
-    """Box branch: 3x3 Conv, 3x3 Conv, 1x1 to 4*reg_max. Class branch: 3x3, 3x3, 1x1 to C.
+    """Box branch: 3x3 Conv, 3x3 Conv, 1x1 to 4*reg_max. Class branch: 3x3, 3x3, 1x1 to C; with
+    ``depthwise_cls`` (YOLO11) each 3x3 is a depthwise 3x3 then a 1x1 Conv, as ultralytics' v11 Detect.
 
     ``cls_width``: the class branch's hidden width; None gives ultralytics' max(in_channels[0],
     min(C, 100)). A run fine-tuned from weights of another class count keeps the source's width so
@@ -49,19 +65,25 @@ class DecoupledHead(nn.Module):
     """
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, reg_max: int = 16,
-                 strides: tuple[int, ...] = (8, 16, 32), cls_width: int | None = None):
+                 strides: tuple[int, ...] = (8, 16, 32), cls_width: int | None = None, depthwise_cls: bool = False):
         super().__init__()
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         box_width = max(16, in_channels[0] // 4, 4 * reg_max)
         cls_width = cls_width or default_cls_width(in_channels, num_classes)
-        self.cls_width = cls_width
+        self.cls_width, self.depthwise_cls = cls_width, depthwise_cls
         self.box_branches = nn.ModuleList(
             nn.Sequential(Conv(c, box_width, 3), Conv(box_width, box_width, 3), nn.Conv2d(box_width, 4 * reg_max, 1))
             for c in in_channels)
         self.cls_branches = nn.ModuleList(
-            nn.Sequential(Conv(c, cls_width, 3), Conv(cls_width, cls_width, 3), nn.Conv2d(cls_width, num_classes, 1))
+            nn.Sequential(self._cls_conv(c, cls_width), self._cls_conv(cls_width, cls_width),
+                          nn.Conv2d(cls_width, num_classes, 1))
             for c in in_channels)
         self.init_biases()
+
+    def _cls_conv(self, c_in: int, c_out: int) -> nn.Module:
+        if self.depthwise_cls:
+            return nn.Sequential(Conv(c_in, c_in, 3, groups=c_in), Conv(c_in, c_out, 1))
+        return Conv(c_in, c_out, 3)
 
     @torch.no_grad()
     def init_biases(self) -> None:

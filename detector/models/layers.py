@@ -1,6 +1,7 @@
-"""Building blocks of the YOLOv8 layout: Conv-BN-SiLU, the C2f block, SPPF.
+"""Building blocks shared by the architectures: Conv-BN-SiLU (grouped, or without activation), the
+bottleneck, the C2f block, SPPF. Blocks of one architecture only live in its module (yolo11.py).
 
-Channel counts are explicit arguments; the scale multipliers live in backbone.py.
+Channel counts are explicit arguments; the scale multipliers live in each architecture's module.
 """
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from torch import Tensor, nn
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias) + BatchNorm + SiLU; ``fuse()`` folds the BN into a biased conv."""
+    """Conv2d (no bias) + BatchNorm + SiLU; ``fuse()`` folds the BN into a biased conv.
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1):
+    ``groups=c_in`` (= c_out) makes it depthwise; ``act=False`` leaves the output linear (attention's
+    projections, the second conv of a feed-forward block).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU()  # not in place: autograd would copy each input to keep it for the backward
+        # not in place: autograd would copy each input to keep it for the backward
+        self.act = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -27,19 +33,23 @@ class Conv(nn.Module):
         conv, bn = self.conv, self.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [c_out]
         fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                          groups=conv.groups, bias=True).to(conv.weight.device)
+                          groups=conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         self.conv, self.bn = fused, nn.Identity()
 
 
 class Bottleneck(nn.Module):
-    """Two 3x3 convs with an optional residual (when shapes allow)."""
+    """Two 3x3 convs (hidden width ``expansion * c_out``) with an optional residual (when shapes allow).
 
-    def __init__(self, c_in: int, c_out: int, shortcut: bool = True):
+    C2f's bottlenecks keep the full width (expansion 1); YOLO11's C3k2 halves it (expansion 0.5).
+    """
+
+    def __init__(self, c_in: int, c_out: int, shortcut: bool = True, expansion: float = 1.0):
         super().__init__()
-        self.cv1 = Conv(c_in, c_out, 3)
-        self.cv2 = Conv(c_out, c_out, 3)
+        hidden = int(c_out * expansion)
+        self.cv1 = Conv(c_in, hidden, 3)
+        self.cv2 = Conv(hidden, c_out, 3)
         self.add = shortcut and c_in == c_out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,11 +58,14 @@ class Bottleneck(nn.Module):
 
 
 class C2f(nn.Module):
-    """CSP block with two convolutions: split, n bottlenecks on one half, concatenate all outputs."""
+    """CSP block with two convolutions: split, n bottlenecks on one half, concatenate all outputs.
 
-    def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = False):
+    ``expansion``: the width of each half as a fraction of ``c_out`` (YOLO11's C3k2 uses 0.25 early on).
+    """
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = False, expansion: float = 0.5):
         super().__init__()
-        self.hidden = c_out // 2
+        self.hidden = int(c_out * expansion)
         self.cv1 = Conv(c_in, 2 * self.hidden, 1)
         self.cv2 = Conv((2 + n) * self.hidden, c_out, 1)
         self.m = nn.ModuleList(Bottleneck(self.hidden, self.hidden, shortcut) for _ in range(n))

@@ -23,10 +23,10 @@ def model_summary(model: nn.Module, imgsz: int = 640) -> dict:
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     layers = sum(1 for m in model.modules() if not list(m.children()))
-    return {"scale": getattr(model, "scale", "?"), "params": params, "trainable": trainable, "layers": layers,
-            "gflops": count_flops(model, imgsz) / 1e9, "imgsz": imgsz}
+    return {"name": getattr(model, "name", "?"), "scale": getattr(model, "scale", "?"), "params": params,
+            "trainable": trainable, "layers": layers, "gflops": count_flops(model, imgsz) / 1e9, "imgsz": imgsz}
 
 
 def format_summary(summary: dict) -> str:
-    return (f"model {summary['scale']}: {summary['layers']} layers, {summary['params']:,} parameters, "
-            f"{summary['gflops']:.1f} GFLOPs at {summary['imgsz']}")
+    return (f"model {summary.get('name', summary['scale'])}: {summary['layers']} layers, "
+            f"{summary['params']:,} parameters, {summary['gflops']:.1f} GFLOPs at {summary['imgsz']}")

@@ -22,7 +22,8 @@ from detector.engine.trainer import train
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 # Where the project's configs put a component, and therefore where a crafted file would put its payload.
-COMPONENT_NODES = ["model", "data", "loss_cls", "loss_box", "dfl_loss", "assigner", "optim", "sched"]
+COMPONENT_NODES = ["model", "data", "loss_cls", "loss_box", "dfl_loss", "assigner", "optim", "sched",
+                   "logger.tensorboard", "logger.csv", "logger.mlflow", "logger.wandb"]
 
 
 def compose_train(overrides):

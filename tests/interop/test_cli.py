@@ -34,7 +34,7 @@ def test_converted_file_is_plain_tensors_and_equals_the_import(converted, ul_che
     from detector.interop import load_ultralytics
 
     state = torch.load(converted, map_location="cpu", weights_only=True)
-    assert state["model_args"] == {"scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}
+    assert state["model_args"] == {"arch": "yolov8", "scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}
     assert state["names"][0] == "person" and state["config"]["imgsz"] == 160
     assert state["config"]["source"]["format"] == "ultralytics"
     imported = load_ultralytics(ul_checkpoint)[0].state_dict()

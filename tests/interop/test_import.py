@@ -33,7 +33,7 @@ def run(model, images_uint8: np.ndarray, dtype=torch.float32) -> torch.Tensor:
 
 def test_report_says_what_was_read(imported):
     model, report = imported
-    assert report["model_args"] == {"scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}
+    assert report["model_args"] == {"arch": "yolov8", "scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}
     assert report["weights"] == "model"  # strip_optimizer moved the EMA weights there and dropped 'ema'
     assert (report["mapped"], report["total"]) == (354, 355)
     assert report["unmapped"] == ["model.22.dfl.conv.weight"]  # the constant DFL ramp, verified on import
@@ -76,7 +76,7 @@ def test_nms_equals_ultralytics(ul_checkpoint, ul_expected):
 def test_load_checkpoint_detects_the_foreign_format(ul_checkpoint, imported, ul_expected):
     model, config = load_checkpoint(ul_checkpoint)
     assert config == {"imgsz": 160, "source": "ultralytics",
-                      "model": {"scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}}
+                      "model": {"arch": "yolov8", "scale": "n", "num_classes": 80, "reg_max": 16, "cls_width": None}}
     assert model.names == imported[0].names
     assert torch.equal(run(model, ul_expected["images"]), run(imported[0], ul_expected["images"]))
 
