@@ -18,7 +18,7 @@ def tiny_args(tmp_path, run_dir, *extra):
     return [
         f"hydra.run.dir={run_dir}", f"data.root={tmp_path / 'shapes'}", "data.num_train=8", "data.num_val=4",
         "data.min_size=96", "data.max_size=128", "imgsz=64", "batch_size=4", "workers=0", "progress=false",
-        "close_mosaic=1", "warmup.min_iters=2", *extra,
+        "close_mosaic=1", "warmup.min_iters=2", "eval.diagnostics=false", *extra,
     ]
 
 
@@ -42,7 +42,7 @@ def read_rows(path):
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("train")
     run_dir = tmp_path / "run"
-    result = run_train(tiny_args(tmp_path, run_dir, "epochs=2", "save_period=1"))
+    result = run_train(tiny_args(tmp_path, run_dir, "epochs=2", "save_period=1", "eval.diagnostics=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path, run_dir, result
 
@@ -50,7 +50,9 @@ def finished_run(tmp_path_factory):
 def test_cli_run_writes_every_file(finished_run):
     _, run_dir, result = finished_run
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/epoch1.pt", "results.csv",
-                 "summary.json", ".hydra/config.yaml", "train.log"):
+                 "summary.json", ".hydra/config.yaml", "train.log", "results.png", "confusion_matrix.png",
+                 "confusion_matrix_normalized.png", "PR_curve.png", "F1_curve.png", "reliability.png", "per_class.csv",
+                 "diagnostics.json", "val_batch0.jpg"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
     rows = read_rows(run_dir / "results.csv")

@@ -81,6 +81,13 @@ class RunLogger:
     def figure(self, name: str, figure, step: int) -> None:
         self._each("log_figure", name, figure, step)
 
+    def image_files(self, files: dict[str, Path], step: int) -> None:
+        """Pictures the run folder holds already, as TensorBoard images (the other trackers take
+        them as artifacts at the end)."""
+        if self.tensorboard is not None:
+            for name, path in files.items():
+                self.tensorboard.log_image_file(name, path, step)
+
     def epoch_row(self, row: dict) -> None:
         """One epoch's row (``epoch`` 1-based, then numbers; None where not measured): results.csv and every
         tracker's metrics."""

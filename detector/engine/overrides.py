@@ -169,8 +169,10 @@ def _check_key(override: Override, task: str, composed: Composed, config_dir: st
         return
     if override.is_delete():
         raise OverrideError(f"{line}: no key {key} in {task}'s config to delete{_did_you_mean(key, composed)}")
-    choices = composed.choices
-    found = [p for p in _providers(config_dir).get(key, ()) if p.group in choices and choices[p.group] != p.option]
+    choices, groups = composed.choices, _task_groups(config_dir, task)
+    # a group of the task missing from the choices was chosen as a list (logger=[tensorboard,csv])
+    found = [p for p in _providers(config_dir).get(key, ())
+             if (p.group in choices and choices[p.group] != p.option) or (p.group not in choices and p.group in groups)]
     found = [p for p in found if p.in_own_node] or found  # data=shapes, not experiment=... (which merely adds)
     if found:
         raise OverrideError(f"{line}: {key} needs {' or '.join(f'{p.group}={p.option}' for p in found)}")

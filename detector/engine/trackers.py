@@ -115,6 +115,12 @@ class TensorBoardTracker:
     def log_figure(self, name: str, figure, step: int) -> None:
         self.writer.add_figure(name, figure, step, close=False)
 
+    def log_image_file(self, name: str, path: Path, step: int) -> None:
+        """A picture already written (PNG or JPEG), without drawing it again."""
+        from torchvision.io import ImageReadMode, read_image
+
+        self.writer.add_image(name, read_image(str(path), ImageReadMode.RGB), step)
+
     def log_hparams(self, hparams: dict, metrics: dict) -> None:
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         self.writer.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name="hparams")

@@ -67,8 +67,9 @@ def write_run_diagnostics(cfg, run_dir: Path, result, splits, logger, step: int)
     except (ValueError, RuntimeError, OSError) as error:
         log.warning("val diagnostics skipped: %s", error)
         return
-    for name, figure in diagnostics.figures.items():
-        logger.figure(f"val/{name}", figure, step)
+    files = {f"val/{name}": run_dir / f"{name}{'.jpg' if name.startswith('val_batch') else '.png'}"
+             for name in diagnostics.figures}
+    logger.image_files({name: path for name, path in files.items() if path.is_file()}, step)
 
 
 def steps_per_epoch(images: int, global_batch: int, accumulate: int) -> int:

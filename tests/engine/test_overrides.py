@@ -241,3 +241,10 @@ def test_inside_an_initialized_hydra_the_callers_is_put_back(tmp_path):
 def test_without_hydra_none_is_left_initialized():
     check_overrides("train", ["loss_box=diou", "optim=sgd", "model=l", "optim.momentum=0.9"], CONFIGS)
     assert not GlobalHydra.instance().is_initialized()
+
+
+def test_a_key_of_an_option_left_out_of_a_list_choice_names_the_option():
+    """logger=[...] is a list choice (Hydra leaves it out of the choices): its keys still say what they need."""
+    assert refused("train", ["logger=[tensorboard,wandb]", "logger.mlflow.experiment=x"]) == \
+        "logger.mlflow.experiment=x: logger.mlflow.experiment needs logger=mlflow"
+    check_overrides("train", ["logger=[tensorboard,mlflow]", "logger.mlflow.experiment=x"], CONFIGS)
