@@ -63,10 +63,13 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_ctrl_c_during_a_write_finishes_the_file_then_interrupts(tmp_path, monkeypatch):
+def test_ctrl_c_during_a_write_finishes_the_file_then_interrupts(tmp_path, monkeypatch, request):
     import os
     import signal
 
+    # the default handler, as in a command-line run (a library imported by an earlier test may leave its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 1}, path)
     real_save = torch.save
