@@ -92,3 +92,15 @@ class SPPF(nn.Module):
         p1 = self.pool(x)
         p2 = self.pool(p1)
         return self.cv2(torch.cat((x, p1, p2, self.pool(p2)), dim=1))
+
+
+class StagedBackbone(nn.Module):
+    """A stem and four stages (``stem``, ``stage1`` ... ``stage4``, set by the architecture):
+    images [B, 3, H, W] -> (P3, P4, P5) at strides 8, 16, 32."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.stage1(self.stem(x))
+        p3 = self.stage2(x)  # stride 8
+        p4 = self.stage3(p3)  # stride 16
+        p5 = self.stage4(p4)  # stride 32
+        return p3, p4, p5

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detector.models.layers import SPPF, Bottleneck, C2f, Conv
+from detector.models.layers import StagedBackbone, SPPF, Bottleneck, C2f, Conv
 from detector.models.neck import PANFPN
 from detector.models.registry import Architecture, Scale
 
@@ -129,7 +129,7 @@ class C2PSA(nn.Module):
         return self.cv2(torch.cat((a, self.m(b)), dim=1))
 
 
-class YOLO11Backbone(nn.Module):
+class YOLO11Backbone(StagedBackbone):
     """Stem, four stride-2 stages of Conv + C3k2, then SPPF and C2PSA. Returns the stride 8, 16, 32 maps."""
 
     def __init__(self, scale: Scale, c3k_everywhere: bool):
@@ -143,13 +143,6 @@ class YOLO11Backbone(nn.Module):
         self.stage4 = nn.Sequential(Conv(c[512], c[1024], 3, 2), C3k2(c[1024], c[1024], n, True),
                                     SPPF(c[1024], c[1024], 5), C2PSA(c[1024], n))
         self.out_channels = (c[512], c[512], c[1024])
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.stage1(self.stem(x))
-        p3 = self.stage2(x)  # stride 8
-        p4 = self.stage3(p3)  # stride 16
-        p5 = self.stage4(p4)  # stride 32
-        return p3, p4, p5
 
 
 def build_features(scale_name: str) -> tuple[YOLO11Backbone, PANFPN]:

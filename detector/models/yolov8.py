@@ -11,9 +11,9 @@ ultralytics' layer list (index: class -> our module):
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from detector.models.layers import C2f, SPPF, Conv
+from detector.models.layers import StagedBackbone, C2f, SPPF, Conv
 from detector.models.neck import PANFPN
 from detector.models.registry import Architecture, Scale
 
@@ -34,7 +34,7 @@ LAYER_PREFIXES = {
 }
 
 
-class CSPDarknet(nn.Module):
+class CSPDarknet(StagedBackbone):
     """Stem, four stride-2 stages of Conv + C2f, SPPF. Returns the stride 8, 16, 32 maps."""
 
     def __init__(self, scale: Scale):
@@ -47,13 +47,6 @@ class CSPDarknet(nn.Module):
         self.stage4 = nn.Sequential(Conv(c[3], c[4], 3, 2), C2f(c[4], c[4], scale.repeats(3), shortcut=True),
                                     SPPF(c[4], c[4], 5))
         self.out_channels = (c[2], c[3], c[4])
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.stage1(self.stem(x))
-        p3 = self.stage2(x)  # stride 8
-        p4 = self.stage3(p3)  # stride 16
-        p5 = self.stage4(p4)  # stride 32
-        return p3, p4, p5
 
 
 def build_features(scale_name: str) -> tuple[CSPDarknet, PANFPN]:

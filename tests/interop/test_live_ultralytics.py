@@ -12,6 +12,8 @@ import torch
 from detector.engine.checkpoint import CheckpointError
 from detector.interop import load_ultralytics
 
+from tests.reference.yolov8 import ultralytics_xyxy
+
 os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks or downloads from a test
 
 
@@ -39,12 +41,6 @@ def calibrated(model):
             box[-1].weight.mul_(0.5)
             box[-1].bias.copy_((-1.0 * torch.arange(16, dtype=torch.float32)).repeat(4))
     return model.eval()
-
-
-def ultralytics_xyxy(raw: torch.Tensor) -> torch.Tensor:
-    """ultralytics' eval output [B, 4 + C, A] (xywh px) -> ours [B, A, 4 + C] (xyxy px)."""
-    xy, wh = raw[:, :2], raw[:, 2:4]
-    return torch.cat((xy - wh / 2, xy + wh / 2, raw[:, 4:]), 1).transpose(1, 2)
 
 
 @pytest.mark.parametrize("scale", ["n", "s"])

@@ -19,6 +19,8 @@ from detector.interop import load_ultralytics
 from detector.interop import ultralytics as interop
 from detector.interop.unpickler import restricted_load
 
+from tests.reference.yolov8 import ultralytics_xyxy
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINT = FIXTURES / "yolo11n_ultralytics.pt"  # see tests/fixtures/make_yolo11_fixture.py
 EXPECTED = FIXTURES / "yolo11n_ultralytics_expected.npz"
@@ -183,11 +185,6 @@ def calibrated(model):
             cls[-1].weight.mul_(0.1)
             cls[-1].bias.fill_(-1.5)
     return model.eval()
-
-
-def ultralytics_xyxy(raw: torch.Tensor) -> torch.Tensor:
-    xy, wh = raw[:, :2], raw[:, 2:4]
-    return torch.cat((xy - wh / 2, xy + wh / 2, raw[:, 4:]), 1).transpose(1, 2)
 
 
 @pytest.mark.parametrize("scale", ["n", "s"])

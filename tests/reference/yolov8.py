@@ -13,3 +13,11 @@ def ultralytics_batch(batch: dict, imgsz: int) -> dict:
     cxcywh = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], dim=1) / imgsz
     batch_idx = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask].float()
     return {"batch_idx": batch_idx, "cls": batch["labels"][mask].float().unsqueeze(1), "bboxes": cxcywh}
+
+
+def ultralytics_xyxy(raw):
+    """ultralytics' eval output [B, 4 + C, A] (xywh px) -> ours [B, A, 4 + C] (xyxy px)."""
+    import torch
+
+    xy, wh = raw[:, :2], raw[:, 2:4]
+    return torch.cat((xy - wh / 2, xy + wh / 2, raw[:, 4:]), 1).transpose(1, 2)
