@@ -47,7 +47,7 @@ def parity_images(image_path: str | os.PathLike | None, imgsz: int) -> np.ndarra
 def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dynamic: bool = False,
                      nms: bool = False, conf: float = 0.25, iou: float = 0.7, max_det: int = 100, opset: int = 17,
                      image: str | os.PathLike | None = None, tolerance: float = 1e-3,
-                     latency_runs: int = 20) -> ExportReport:
+                     latency_runs: int = 20, layout: str = "ours") -> ExportReport:
     """Write ``model`` (left untouched) to ``output`` and check the file (module docstring).
     Keywords as in configs/export.yaml. Raises ExportError with a message for the user."""
     import onnx
@@ -56,7 +56,7 @@ def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dyna
 
     try:
         path = export_onnx(model, output, imgsz=imgsz, dynamic=dynamic, nms=nms, conf=conf, iou=iou,
-                           max_det=max_det, opset=opset)
+                           max_det=max_det, opset=opset, layout=layout)
     except ValueError as error:
         raise ExportError(str(error)) from None
     try:
@@ -94,4 +94,5 @@ def export_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
     output = Path(cfg.output) if cfg.output else Path(run_dir) / f"{stem}.onnx"
     return export_and_check(model, output, imgsz=imgsz, dynamic=cfg.dynamic, nms=cfg.nms, conf=cfg.conf,
                             iou=cfg.iou, max_det=cfg.max_det, opset=cfg.opset, image=cfg.image,
-                            tolerance=cfg.tolerance, latency_runs=cfg.latency_runs)
+                            tolerance=cfg.tolerance, latency_runs=cfg.latency_runs,
+                            layout=cfg.layout)

@@ -25,6 +25,10 @@ image size when ``dynamic=True``. Files are written atomically (temporary file, 
 
 Metadata (``metadata_props``, strings): format, names and category_ids (JSON lists), imgsz,
 stride, strides, num_classes, dynamic, nms and, with NMS, conf, iou and max_det.
+
+``layout="ultralytics"`` writes the same graphs in ultralytics' YOLOv8 layout instead (output
+``output0``, ultralytics' metadata, ours beside it): see ``detector.export.layouts``. Reading
+(``OnnxDetector``) takes both, and files ultralytics wrote, and hands out our layout's outputs.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from detector.boxes import make_anchors
+from detector.export import layouts
 from detector.models.detector import MAX_STRIDE, DetectionModel
 from detector.timing import median_ms
 
@@ -145,12 +150,13 @@ class DetectorWithNMS(nn.Module):
 
 def export_onnx(model: DetectionModel, path: str | os.PathLike, imgsz: int = 640, dynamic: bool = False,
                 nms: bool = False, conf: float = 0.25, iou: float = 0.7, max_det: int = 100,
-                opset: int = DEFAULT_OPSET, batch: int = 1) -> Path:
+                opset: int = DEFAULT_OPSET, batch: int = 1, layout: str = "ours") -> Path:
     """Export ``model`` (a copy is fused and put in eval mode; the argument is left untouched).
 
     imgsz: the traced square size (the fixed input size unless ``dynamic``); a multiple of 32.
     dynamic: batch, height and width are free axes. nms: see the module docstring.
-    Returns the path of the written file, with the metadata above.
+    layout: "ours" or "ultralytics" (ultralytics' YOLOv8 output layout and metadata; see
+    ``detector.export.layouts``). Returns the path of the written file, with the metadata above.
     """
     if imgsz % MAX_STRIDE:
         raise ValueError(f"imgsz={imgsz} must be a multiple of {MAX_STRIDE}")
@@ -159,13 +165,17 @@ def export_onnx(model: DetectionModel, path: str | os.PathLike, imgsz: int = 640
     if nms and not (0 <= conf < 1 and 0 < iou <= 1 and max_det >= 1):
         raise ValueError(f"NMS options out of range: conf={conf} (0 to 1), iou={iou} (0 to 1], "
                          f"max_det={max_det} (>= 1)")
+    layouts.check_layout(layout)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     decoded = DecodedDetector(copy.deepcopy(model).cpu().float().eval().fuse())
     module = DetectorWithNMS(decoded, conf=conf, iou=iou, max_det=max_det) if nms else decoded
-    outputs = NMS_OUTPUTS if nms else RAW_OUTPUTS
+    module = layouts.wrap(module, layout, nms)
+    outputs = (NMS_OUTPUTS if nms else RAW_OUTPUTS) if layout == "ours" else layouts.ULTRALYTICS_OUTPUTS
     dynamic_axes = None
-    if dynamic:
+    if dynamic and layout != "ours":
+        dynamic_axes = layouts.dynamic_axes(nms)
+    elif dynamic:
         dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
         if nms:
             dynamic_axes.update({"boxes": {0: "batch"}, "scores": {0: "batch"}, "labels": {0: "batch"},
@@ -195,7 +205,14 @@ def export_onnx(model: DetectionModel, path: str | os.PathLike, imgsz: int = 640
         }
         if nms:
             metadata.update({"conf": str(conf), "iou": str(iou), "max_det": str(max_det)})
-        _finish_proto(tmp, metadata, _output_shapes(model, imgsz, batch, dynamic, nms, max_det))
+        shapes = _output_shapes(model, imgsz, batch, dynamic, nms, max_det)
+        if layout != "ours":
+            metadata = layouts.ultralytics_metadata(
+                metadata, model_name=str(getattr(model, "name", "")), names=list(getattr(model, "names", [])),
+                num_classes=model.num_classes, imgsz=imgsz, batch=batch, dynamic=dynamic, nms=nms, opset=opset,
+                stride=MAX_STRIDE, conf=conf, iou=iou, max_det=max_det)
+            shapes = layouts.output_shapes(shapes, nms)
+        _finish_proto(tmp, metadata, shapes)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -266,10 +283,13 @@ def check_onnx(path: str | os.PathLike) -> None:
 
 
 class OnnxDetector:
-    """An onnxruntime session over one of our two layouts.
+    """An onnxruntime session over one of our two layouts, in our output convention or in
+    ultralytics' (``layout=ultralytics``, or a detection file ultralytics exported).
 
-    ``layout`` is "raw" (output predictions) or "nms"; ``metadata`` as ``read_metadata``. A file
-    whose inputs/outputs are neither raises ``OnnxLayoutError`` naming what it has instead.
+    ``layout`` is "raw" (output predictions) or "nms"; ``convention`` "ours" or "ultralytics";
+    ``metadata`` as ``read_metadata`` (translated from ultralytics' keys for its files). Calls
+    return our layout's outputs whatever the convention. A file whose inputs/outputs are none of
+    these raises ``OnnxLayoutError`` naming what it has instead.
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
@@ -285,12 +305,23 @@ class OnnxDetector:
             raise OnnxLayoutError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0][:300]}") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = tuple(o.name for o in self.session.get_outputs())
-        if inputs != ["images"] or outputs not in (RAW_OUTPUTS, NMS_OUTPUTS):
+        if inputs != ["images"] or outputs not in (RAW_OUTPUTS, NMS_OUTPUTS, layouts.ULTRALYTICS_OUTPUTS):
             raise OnnxLayoutError(
                 f"{path} has inputs {inputs} and outputs {list(outputs)}; expected input ['images'] and outputs "
-                f"{list(RAW_OUTPUTS)} or {list(NMS_OUTPUTS)} (a file written by tools/export.py)")
-        self.layout = "nms" if outputs == NMS_OUTPUTS else "raw"
-        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+                f"{list(RAW_OUTPUTS)} or {list(NMS_OUTPUTS)} (a file written by tools/export.py), or "
+                f"{list(layouts.ULTRALYTICS_OUTPUTS)} (ultralytics' YOLOv8 detection layout)")
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.convention = "ultralytics" if outputs == layouts.ULTRALYTICS_OUTPUTS else "ours"
+        if self.convention == "ultralytics":
+            self.metadata = decode_metadata(layouts.read_ultralytics_metadata(props))
+            self.layout = "nms" if self.metadata.get("nms") else "raw"
+            problem = layouts.ultralytics_problem(props, self.layout, self.session.get_outputs()[0].shape,
+                                                  self.metadata.get("num_classes"))
+            if problem:
+                raise OnnxLayoutError(f"{path} is not a detection file in ultralytics' layout: {problem}")
+        else:
+            self.metadata = decode_metadata(props)
+            self.layout = "nms" if outputs == NMS_OUTPUTS else "raw"
         shape = self.session.get_inputs()[0].shape  # [B, 3, H, W], str for free axes
         self.fixed_size = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
@@ -298,7 +329,10 @@ class OnnxDetector:
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [B, 3, H, W] in [0, 1] -> {output name: array}."""
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(images, np.float32)})))
+        outputs = dict(zip(names, self.session.run(names, {"images": np.ascontiguousarray(images, np.float32)})))
+        if self.convention == "ultralytics":
+            return layouts.from_ultralytics(outputs["output0"], end2end=self.layout == "nms")
+        return outputs
 
 
 def ort_latency_ms(detector: OnnxDetector, images: np.ndarray, runs: int = 20, warmup: int = 3) -> float:
