@@ -83,17 +83,27 @@ def export(cfg: DictConfig, model=None, train_cfg: dict | None = None, stem: str
 
 def predict(cfg: DictConfig, predictor=None, items=None, save: bool = True) -> tuple[list[dict], list[dict]]:
     """Predict ``cfg.source`` with ``cfg.ckpt`` (or ``items`` with ``predictor``); pictures and
-    detections.json go to the run folder when ``save``. Returns (detections, records): see
-    detector.predict.predict_items."""
+    detections.json go to the run folder when ``save``, and each video, camera or stream of the
+    source its .jsonl and annotated video (detector.sources). Returns (detections, records) of the
+    images: see detector.predict.predict_items."""
     from detector.engine.build import resolve_device
-    from detector.predict import list_images, load_predictor, predict_items, resolve_imgsz
+    from detector.predict import load_predictor, predict_items, resolve_imgsz
+    from detector.sources import collect_sources, predict_videos
 
     run_dir = run_dir_of_job()
     with log_to(run_dir, "predict"):
+        videos = []
         if predictor is None:
-            items = [(str(path), path) for path in list_images(cfg.source)]
+            images, videos = collect_sources(cfg.source)
+            items = [(str(path), path) for path in images]
             predictor = load_predictor(cfg.ckpt, device=resolve_device(cfg.device))
         imgsz = resolve_imgsz(predictor, cfg.imgsz)
+        if videos:
+            predict_videos(predictor, videos, run_dir, imgsz, cfg.conf, cfg.iou, cfg.max_det,
+                           save_video=cfg.get("save_images", True), timeout=cfg.stream_timeout,
+                           max_frames=cfg.max_frames)
+            if not items:
+                return [], []
         detections, records = predict_items(predictor, items, run_dir if save else None, imgsz=imgsz, conf=cfg.conf,
                                             iou=cfg.iou, max_det=cfg.max_det,
                                             save_images=save and cfg.get("save_images", True))
