@@ -1,7 +1,5 @@
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +8,7 @@ from scipy import stats
 
 from detector.ablation import (compare_to_baseline, find_baseline, load_runs, markdown_table, parse_spec, summarise,
                                t_interval, welch_test)
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,14 +55,14 @@ def test_one_factor_sweeps_share_the_baseline_through_group_choices(tmp_path):
 
 def test_cli_writes_table_and_chart(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), str(sweep)], capture_output=True, text=True)
+    result = run_cli("ablate.py", str(sweep))
     assert result.returncode == 0, result.stderr
     assert (sweep / "ablation.md").read_text().startswith("| arm |")
     assert (sweep / "ablation.png").stat().st_size > 1000
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), str(tmp_path)], capture_output=True, text=True)
+    result = run_cli("ablate.py", str(tmp_path))
     assert result.returncode == 2 and "no finished runs" in result.stderr
 
 
@@ -151,15 +150,13 @@ def test_find_baseline_partial_missing_and_ambiguous(tmp_path):
 
 def test_cli_default_baseline_is_the_config_defaults(tmp_path):
     sweep = three_arm_sweep(tmp_path / "sweep")
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), str(sweep)], capture_output=True, text=True)
+    result = run_cli("ablate.py", str(sweep))
     assert result.returncode == 0, result.stderr
     defaults = yaml.safe_load((ROOT / "configs" / "train.yaml").read_text())["defaults"]
     default_cls = next(item["loss_cls"] for item in defaults if isinstance(item, dict) and "loss_cls" in item)
     assert f"| loss_cls={default_cls} (baseline) |" in result.stdout
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), str(sweep), "--baseline", "loss_cls=bce"],
-                            capture_output=True, text=True)
+    result = run_cli("ablate.py", str(sweep), "--baseline", "loss_cls=bce")
     assert result.returncode == 0 and "| loss_cls=bce (baseline) |" in result.stdout
     assert "| loss_cls=qfl | 4 | 0.415 ± 0.013 | 0.394 to 0.436 | +0.100 |" in result.stdout
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), str(sweep), "--baseline", "loss_cls=x"],
-                            capture_output=True, text=True)
+    result = run_cli("ablate.py", str(sweep), "--baseline", "loss_cls=x")
     assert result.returncode == 2 and "matches no arm" in result.stderr and "loss_cls=vfl" in result.stderr

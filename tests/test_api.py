@@ -1,9 +1,6 @@
 """The Python API (detector.Detector): the same Hydra configs and the same results as tools/*.py."""
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,6 +18,7 @@ from detector.engine.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.exporting import ExportError
 from detector.models import DetectionModel as DetectorModule
 from detector.predict import SourceError, load_predictor, predict_image
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ULTRALYTICS_PT = ROOT / "tests" / "fixtures" / "yolov8n_coco128_ultralytics.pt"
@@ -32,11 +30,6 @@ def tiny(tmp_path, run_dir):
     return {"data.root": str(tmp_path / "shapes"), "data.num_train": 8, "data.num_val": 4, "data.min_size": 96,
             "data.max_size": 128, "imgsz": 64, "batch_size": 4, "workers": 0, "progress": False,
             "close_mosaic": 1, "warmup.min_iters": 2, "device": "cpu", "hydra.run.dir": str(run_dir)}
-
-
-def run_tool(tool, *args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +99,7 @@ def test_a_scale_name_gives_a_fresh_model():
     assert d.ckpt_path is None and d.config == {} and d.names == []
     with pytest.raises(ValueError, match=r"HWC RGB uint8 \[H, W, 3\]; got shape \(3, 8, 8\) dtype float32"):
         d.predict(np.zeros((3, 8, 8), np.float32))
-    with pytest.raises(ValueError, match="only export format is 'onnx'"):
+    with pytest.raises(ValueError, match="the export formats are 'onnx' and 'openvino'"):
         d.export(format="tflite")
 
 
@@ -176,8 +169,8 @@ def test_predict_gives_the_tools_detections_in_original_pixels(calibrated, tmp_p
             assert torch.equal(result[key], reference[key]), key
     boxes = from_file["boxes"]  # clipped to the 150 x 100 original, and beyond the 64 px letterbox
     assert boxes[:, 0::2].max() <= 150 and boxes[:, 1::2].max() <= 100 and boxes[:, 2].max() > 64
-    cli = run_tool("predict.py", f"ckpt={ckpt}", f"source={image_path}", "conf=0.25", "device=cpu",
-                   f"hydra.run.dir={tmp_path / 'cli'}")
+    cli = run_cli("predict.py", f"ckpt={ckpt}", f"source={image_path}", "conf=0.25", "device=cpu",
+                  f"hydra.run.dir={tmp_path / 'cli'}")
     assert cli.returncode == 0, cli.stderr[-3000:]
     records = json.loads((tmp_path / "cli" / "detections.json").read_text())[0]["detections"]
     np.testing.assert_allclose([r["box"] for r in records], boxes.numpy(), atol=0.011)  # rounded to 0.01 px
@@ -193,7 +186,7 @@ def test_evaluate_equals_the_eval_tool(trained, tmp_path):
     d, _, _, _ = trained
     metrics = d.evaluate(device="cpu", workers=0, **{"hydra.run.dir": str(tmp_path / "api")})
     assert list(metrics)[:12] == COCO_KEYS and {"spearman", "pearson"} <= set(metrics)
-    cli = run_tool("eval.py", f"ckpt={d.ckpt_path}", "device=cpu", "workers=0", f"hydra.run.dir={tmp_path / 'cli'}")
+    cli = run_cli("eval.py", f"ckpt={d.ckpt_path}", "device=cpu", "workers=0", f"hydra.run.dir={tmp_path / 'cli'}")
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["metrics"] == pytest.approx(metrics, abs=1e-4)
     saved = json.loads((tmp_path / "api" / "metrics.json").read_text())["metrics"]

@@ -2,7 +2,6 @@
 orchestration (with a fake runner), and one tiny end-to-end run when ultralytics is importable."""
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from detector.compare import (Budget, DataYamlError, PreflightError, Result, che
                               ours_train_command, parse_key_values, run_compare, ultralytics_available,
                               ultralytics_outcome, ultralytics_train_args, write_resolved_yaml)
 from tests.reference.yolov8 import ultralytics_batch
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = Budget(epochs=2, imgsz=64, batch=2, workers=0, seed=3, device="cpu")
@@ -247,12 +247,9 @@ def test_ultralytics_that_cannot_train_stops_the_compare_before_ours_trains(tmp_
 
 
 def test_cli_without_ultralytics_says_so(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('ultralytics') is not None)"
-    if subprocess.run([sys.executable, "-c", code], env=env).returncode:
-        pytest.skip("ultralytics is installed in this environment")
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "compare.py"), str(tmp_path / "d.yaml")],
-                            capture_output=True, text=True, env=env)
+    if ultralytics_available():
+        pytest.skip("ultralytics is importable in this environment")
+    result = run_cli("compare.py", tmp_path / "d.yaml")
     assert result.returncode == 2 and "ultralytics is not importable" in result.stderr
 
 
@@ -266,7 +263,7 @@ def test_cli_end_to_end_tiny(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", {"path": str(tmp_path / "set"), "train": "images/train",
                                              "val": "images/nowhere", "names": ["box"]})
     tool = [sys.executable, str(ROOT / "tools" / "compare.py")]
-    result = subprocess.run([*tool, str(bad), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    result = run_cli("compare.py", bad, "--out", tmp_path / "bad")
     assert result.returncode == 2 and f"{bad}: key 'val'" in result.stderr and not (tmp_path / "bad" / "ours").exists()
     result = subprocess.run([*tool, str(data), "--epochs", "1", "--imgsz", "64", "--batch", "2", "--workers", "0",
                              "--device", "cpu", "--out", str(tmp_path / "out")], capture_output=True, text=True)

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import TOOLS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 260
 
 # tools/<name>.py -> the `detector` subcommand that runs the same code
-TOOL_SUBCOMMANDS = {
-    "train": "train", "eval": "eval", "predict": "predict", "export": "export", "convert": "convert",
-    "compare": "compare", "ablate": "ablate", "bench": "bench", "show_data": "show-data",
-    "export_yolo": "export-yolo",
-}
+TOOL_SUBCOMMANDS = {file.removesuffix(".py"): command for file, command in TOOLS.items()}
 SKIPPED_LANGUAGES = {"python", "py", "pycon", "text", "json", "yaml"}  # not shell commands
 OWN_TOP_LEVEL = {"detector", "tools", "benchmarks", "datasets", "tests"}  # folders of this checkout
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")

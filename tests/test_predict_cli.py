@@ -1,9 +1,6 @@
 """End-to-end runs of tools/export.py and tools/predict.py on a tiny checkpoint and generated images."""
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,16 +13,10 @@ from onnx import TensorProto, helper
 from detector.data.synthetic import make_image
 from detector.engine.checkpoint import save_checkpoint
 from detector.export import detection_difference, read_metadata
+from tests.cli_runner import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
 pytestmark = pytest.mark.e2e
-
-
-def run_tool(tool, *args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 def tiny_checkpoint(path: Path, model) -> Path:
@@ -49,8 +40,8 @@ def workspace(tmp_path_factory, calibrated_model):
     (images / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
     exports = {}
     for layout, extra in (("raw", []), ("nms", ["nms=true", "dynamic=true", "max_det=300"])):
-        result = run_tool("export.py", f"ckpt={ckpt}", f"hydra.run.dir={root / ('export_' + layout)}",
-                          f"output={root / (layout + '.onnx')}", "tolerance=0.05", "latency_runs=2", *extra)
+        result = run_cli("export.py", f"ckpt={ckpt}", f"hydra.run.dir={root / ('export_' + layout)}",
+                         f"output={root / (layout + '.onnx')}", "tolerance=0.05", "latency_runs=2", *extra)
         assert result.returncode == 0, result.stderr[-3000:]
         exports[layout] = result.stdout
     return {"root": root, "ckpt": ckpt, "images": images, "sizes": sizes, "exports": exports}
@@ -58,7 +49,7 @@ def workspace(tmp_path_factory, calibrated_model):
 
 def predict(workspace, name, *args):
     run_dir = workspace["root"] / name
-    result = run_tool("predict.py", f"hydra.run.dir={run_dir}", *args)
+    result = run_cli("predict.py", f"hydra.run.dir={run_dir}", *args)
     return result, run_dir
 
 
@@ -94,8 +85,8 @@ def test_export_cli_checks_the_file_and_reports(workspace, layout):
 
 
 def test_export_cli_fails_above_the_tolerance(workspace):
-    result = run_tool("export.py", f"ckpt={workspace['ckpt']}", f"hydra.run.dir={workspace['root'] / 'strict'}",
-                      "tolerance=1e-12", "latency_runs=0")
+    result = run_cli("export.py", f"ckpt={workspace['ckpt']}", f"hydra.run.dir={workspace['root'] / 'strict'}",
+                     "tolerance=1e-12", "latency_runs=0")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: onnxruntime differs from PyTorch by")
 
@@ -166,7 +157,7 @@ def test_bad_input_gives_a_one_line_error(workspace, case):
         "other onnx": ([f"ckpt={other_layout_onnx(root / 'other.onnx')}", f"source={workspace['images']}"],
                        "error: "),
         "wrong size": ([f"ckpt={root / 'raw.onnx'}", f"source={workspace['images']}", "imgsz=96"],
-                       "error: the ONNX file takes fixed 64x64 input"),
+                       "error: the exported model takes fixed 64x64 input"),
     }[case]
     result, _ = predict(workspace, "bad_" + case.replace(" ", "_"), *args)
     assert result.returncode != 0

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
@@ -23,10 +25,12 @@ def tiny_args(tmp_path, run_dir, *extra):
 
 
 def run_tool(tool, args, launcher=None, timeout=300):
-    """tools/<tool> in a subprocess (one thread, as CI's 2 cores want), optionally under ``launcher``."""
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "tools" / tool), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """tools/<tool> in this process (tests/cli_runner.py), or in a subprocess (one thread, as CI's 2 cores
+    want) under ``launcher`` (``[sys.executable]`` for the plain interpreter)."""
+    if launcher is None:
+        return run_cli(tool, *args)
+    return subprocess.run([*launcher, str(ROOT / "tools" / tool), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def run_train(args, launcher=None, timeout=300):
@@ -42,7 +46,9 @@ def read_rows(path):
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("train")
     run_dir = tmp_path / "run"
-    result = run_train(tiny_args(tmp_path, run_dir, "epochs=2", "save_period=1", "eval.diagnostics=true"))
+    # a real interpreter running tools/train.py: the one run of this file that is the whole process
+    result = run_train(tiny_args(tmp_path, run_dir, "epochs=2", "save_period=1", "eval.diagnostics=true"),
+                       launcher=[sys.executable])
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path, run_dir, result
 

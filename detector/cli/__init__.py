@@ -5,7 +5,7 @@
     detector train -m loss_cls=qfl,vfl         a sweep, one run folder per arm
     detector val ckpt=best.pt [OVERRIDES]      COCO evaluation (alias: eval)
     detector predict ckpt=best.pt source=photos/
-    detector export ckpt=best.pt [nms=true]    ONNX, checked against PyTorch
+    detector export ckpt=best.pt [nms=true]    ONNX (or format=openvino, int8=true), checked against PyTorch
     detector show-data [OVERRIDES] [count=16]  a grid of augmented training images
     detector convert yolov8n.pt yolov8n_det.pt an ultralytics checkpoint to ours
     detector export-yolo OUT [OVERRIDES]       a data set in ultralytics' YOLO layout
@@ -30,7 +30,7 @@ HYDRA_COMMANDS = {
     "val": ("eval", "evaluate a checkpoint with the COCO metric"),
     "eval": ("eval", "evaluate a checkpoint with the COCO metric (alias of val)"),
     "predict": ("predict", "detect objects in images with a checkpoint or an exported ONNX file"),
-    "export": ("export", "export a checkpoint to ONNX and check it"),
+    "export": ("export", "export a checkpoint to ONNX or OpenVINO (INT8 too) and check it"),
     "show-data": ("train", "write a grid of augmented training images with their boxes"),
 }
 # argparse commands: module of detector.cli (``parser()`` and ``run(args)``), what it does
@@ -297,14 +297,15 @@ def command_help(command: str) -> str:
         lines += [f"  {g:<10} " + ", ".join(f"[{o}]" if o == choices[g] else o for o in groups[g]) for g in used]
         lines.append("")
     lines.append("keys (defaults; nested keys as section.key=value):")
-    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    # unresolved: interpolations as written, a required key as ??? (ckpt=??? of val, predict, export)
+    task_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False)
     for key, value in task_cfg.items():
         if key in used:
             continue
-        if OmegaConf.is_dict(value):
+        if isinstance(value, dict):
             lines.append(f"  {key}.{{{', '.join(str(k) for k in value.keys())}}}")
         else:
-            lines.append(f"  {key}={OmegaConf.to_yaml({key: value}, resolve=False).split(':', 1)[1].strip()}")
+            lines.append(f"  {key}={OmegaConf.to_yaml({key: value}).split(':', 1)[1].strip()}")
     if command == "show-data":
         lines.append("  count=16 (images in the grid)")
     lines += ["", f"detector {command} ... --cfg job prints the composed config without running"]

@@ -39,13 +39,10 @@ def test_export_limits_the_training_images_and_refuses_two_pictures_of_one_name(
 
 @pytest.mark.e2e
 def test_export_tool_writes_the_shapes_set(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.cli_runner import run_cli
 
-    tool = Path(__file__).resolve().parents[2] / "tools" / "export_yolo.py"
-    done = subprocess.run([sys.executable, str(tool), str(tmp_path / "shapes"), "--train", "4", "data.num_train=6",
-                           "data.num_val=3", "data.min_size=64", "data.max_size=96"], capture_output=True, text=True)
+    done = run_cli("export_yolo.py", tmp_path / "shapes", "--train", "4", "data.num_train=6", "data.num_val=3",
+                   "data.min_size=64", "data.max_size=96")
     assert done.returncode == 0, done.stderr
     yaml = tmp_path / "shapes" / "data.yaml"
     assert f"wrote {yaml}" in done.stdout

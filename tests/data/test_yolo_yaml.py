@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 
 from detector.data import yolo_splits
 from detector.data.data_yaml import DataYamlError, label_path, read_data_yaml, split_images
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COCO128 = Path(os.environ.get("COCO128", ROOT.parent / "shared" / "data" / "coco128"))
@@ -188,11 +187,9 @@ def test_no_root_and_no_data_yaml_is_refused():
 def test_train_eval_predict_from_a_data_yaml_alone(yolo_tree, tmp_path):
     data_yaml = write_yaml(tmp_path / "data.yaml", {"path": str(yolo_tree), "train": "images/train",
                                                     "val": "images/val", "names": ["a", "b"]})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def tool(name, *args):
-        result = subprocess.run([sys.executable, str(ROOT / "tools" / name), *args], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = run_cli(name, *args)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 

@@ -1,9 +1,6 @@
 """A checkpoint's config is data, never code: a callable it names that is not the project's own is
 refused by every reader (eval, resume, predict, export, pretrained=, the API), and never runs."""
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from detector.engine.pretrained import read_pretrained
 from detector.engine.run import resume_config
 from detector.engine.saved_config import SavedConfigError, allowed_targets, checked_config
 from detector.engine.trainer import train
+from tests.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -196,13 +194,10 @@ def test_every_command_refuses_the_file_with_one_error_line(genuine, tmp_path):
     image = next((genuine[0].parents[2] / "shapes").rglob("*.jpg"))
     commands = {"eval.py": [f"ckpt={path}"], "export.py": [f"ckpt={path}"],
                 "predict.py": [f"ckpt={path}", f"source={image}"], "train.py": [f"resume={path}"]}
-    running = {tool: subprocess.Popen(  # the four at once: each is mostly interpreter start-up
-        [sys.executable, str(ROOT / "tools" / tool), *args, f"hydra.run.dir={tmp_path / tool}"], cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        for tool, args in commands.items()}
-    for tool, process in running.items():
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 1, (tool, stderr[-2000:])
+    for tool, args in commands.items():
+        result = run_cli(tool, *args, f"hydra.run.dir={tmp_path / tool}")
+        stderr = result.stderr
+        assert result.returncode == 1, (tool, stderr[-2000:])
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("error: checkpoint") and "loss_cls._target_" in last, (tool, last)
         assert "uuid._get_command_stdout" in last and "Traceback" not in stderr, (tool, stderr[-2000:])

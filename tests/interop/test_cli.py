@@ -1,9 +1,5 @@
 """End-to-end: tools/convert.py, then export/predict/train on an ultralytics file or its conversion."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,20 +7,15 @@ import pytest
 import torch
 
 from detector.data.synthetic import make_image
+from tests.cli_runner import run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def run_tool(tool, *args, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, ul_checkpoint):
     out = tmp_path_factory.mktemp("convert") / "yolov8n_ours.pt"
-    result = run_tool("convert.py", ul_checkpoint, out)
+    result = run_cli("convert.py", ul_checkpoint, out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "YOLOv8n, 80 classes, 354 of 355 tensors mapped" in result.stdout
     return out
@@ -45,18 +36,18 @@ def test_converted_file_is_plain_tensors_and_equals_the_import(converted, ul_che
 def test_convert_refuses_bad_input_and_overwriting(tmp_path, converted):
     bad = tmp_path / "notes.pt"
     bad.write_text("not a checkpoint")
-    result = run_tool("convert.py", bad, tmp_path / "out.pt")
+    result = run_cli("convert.py", bad, tmp_path / "out.pt")
     assert result.returncode != 0 and f"error: {bad} is not a torch checkpoint" in result.stderr
     assert not (tmp_path / "out.pt").exists()
-    result = run_tool("convert.py", bad, converted)
+    result = run_cli("convert.py", bad, converted)
     assert result.returncode != 0 and "exists; pass --force" in result.stderr
 
 
 @pytest.mark.parametrize("which", ["converted", "ultralytics"])
 def test_export_of_an_imported_model_passes_the_parity_check(tmp_path, which, converted, ul_checkpoint):
     ckpt = converted if which == "converted" else ul_checkpoint
-    result = run_tool("export.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path}", "latency_runs=0",
-                      f"output={tmp_path / 'model.onnx'}")
+    result = run_cli("export.py", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path}", "latency_runs=0",
+                     f"output={tmp_path / 'model.onnx'}")
     assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "export.log").read_text() if (tmp_path / "export.log").exists() else result.stderr
     assert "max abs diff onnxruntime vs pytorch (predictions, 1x160x160)" in log + result.stdout + result.stderr
@@ -67,8 +58,8 @@ def test_predict_takes_the_ultralytics_file(tmp_path, ul_checkpoint):
     image, _ = make_image(np.random.default_rng(3), 100, 140)
     cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     run_dir = tmp_path / "run"
-    result = run_tool("predict.py", f"ckpt={ul_checkpoint}", f"source={tmp_path / 'a.png'}", f"hydra.run.dir={run_dir}",
-                      "conf=0.01", "save_images=false")
+    result = run_cli("predict.py", f"ckpt={ul_checkpoint}", f"source={tmp_path / 'a.png'}", f"hydra.run.dir={run_dir}",
+                     "conf=0.01", "save_images=false")
     assert result.returncode == 0, result.stderr[-2000:]
     records = json.loads((run_dir / "detections.json").read_text())
     assert records[0]["width"] == image.shape[1] and records[0]["detections"]
@@ -83,7 +74,7 @@ def tiny_train_args(tmp_path, run_dir, *extra):
 
 def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
     run_dir = tmp_path / "run"
-    result = run_tool("train.py", *tiny_train_args(tmp_path, run_dir, f"pretrained={ul_checkpoint}", "freeze=10"))
+    result = run_cli("train.py", *tiny_train_args(tmp_path, run_dir, f"pretrained={ul_checkpoint}", "freeze=10"))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     # the class branch keeps the checkpoint's width (80, not n's 64 at 6 classes): only its last conv is new
@@ -104,7 +95,7 @@ def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
 
 
 def test_train_with_the_wrong_scale_fails_at_start(tmp_path, ul_checkpoint):
-    result = run_tool("train.py", *tiny_train_args(tmp_path, tmp_path / "run", f"pretrained={ul_checkpoint}",
+    result = run_cli("train.py", *tiny_train_args(tmp_path, tmp_path / "run", f"pretrained={ul_checkpoint}",
                                                    "model=s"))
     assert result.returncode != 0
     assert "checkpoint is scale n, the model is scale s; use model=n" in result.stderr
