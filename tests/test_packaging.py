@@ -72,34 +72,49 @@ def test_the_wheel_ships_the_configs_and_no_tests_or_benchmarks(wheel_site):
     assert "detector = detector.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
+# after `python -m detector train`: the other commands and the API in one interpreter (each start is seconds)
+AFTER_TRAINING = """
+import contextlib, io, json, sys
+import detector
+from detector.cli import main
+
+best, images = sys.argv[1], sys.argv[2]
+codes = {}
+for name, argv in {"help": ["--help"], "val": ["val", f"ckpt={best}", "workers=0", "hydra.run.dir=val"],
+                   "predict": ["predict", f"ckpt={best}", f"source={images}", "hydra.run.dir=pred"],
+                   "export": ["export", f"ckpt={best}", "latency_runs=0", "hydra.run.dir=exp", "output=exp/m.onnx"]}.items():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        codes[name] = main(argv)
+    codes[name + "_says_groups"] = "config groups" in out.getvalue()
+codes["api_detections"] = len(detector.Detector(best).predict(images))
+print(json.dumps({"file": detector.__file__, **codes}))
+"""
+
+
 @pytest.mark.e2e
-def test_the_installed_wheel_trains_evaluates_and_predicts_from_another_folder(wheel_site, tmp_path):
+def test_the_installed_wheel_trains_evaluates_predicts_and_exports_from_another_folder(wheel_site, tmp_path):
     _, site = wheel_site
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
 
-    def detector(*args):
-        return subprocess.run([sys.executable, "-m", "detector", *args], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=600)
+    def python(*args):
+        return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
 
-    where = subprocess.run([sys.executable, "-c", "import detector; print(detector.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True)
-    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
-    assert "config groups" in detector("--help").stdout
-    result = detector("train", "data.root=shapes", "data.num_train=8", "data.num_val=4", "data.min_size=96",
-                      "data.max_size=128", "imgsz=64", "batch_size=4", "workers=0", "progress=false", "epochs=1",
-                      "hydra.run.dir=run")
+    result = python("-m", "detector", "train", "data.root=shapes", "data.num_train=8", "data.num_val=4",
+                    "data.min_size=96", "data.max_size=128", "imgsz=64", "batch_size=4", "workers=0", "progress=false",
+                    "epochs=1", "eval.diagnostics=false", "hydra.run.dir=run")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     best = work / "run" / "checkpoints" / "best.pt"
     assert best.is_file() and json.loads(result.stdout.strip().splitlines()[-1])["run_dir"]
     assert f"detector val ckpt={best}" in result.stdout  # the run says what to do next
-    result = detector("val", f"ckpt={best}", "workers=0", "hydra.run.dir=val")
-    assert result.returncode == 0 and (work / "val" / "metrics.json").is_file(), result.stderr[-3000:]
     images = next((work / "shapes").rglob("val/images"))
-    result = detector("predict", f"ckpt={best}", f"source={images}", "hydra.run.dir=pred")
-    assert result.returncode == 0 and (work / "pred" / "detections.json").is_file(), result.stderr[-3000:]
-    api = subprocess.run([sys.executable, "-c", "from detector import Detector; d = Detector('run/checkpoints/best.pt');"
-                          " print(len(d.predict('" + str(images) + "')))"], cwd=work, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert api.returncode == 0 and int(api.stdout.strip()) > 0, api.stderr[-3000:]
+    result = python("-c", AFTER_TRAINING, "run/checkpoints/best.pt", str(images))
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = json.loads(result.stdout.strip().splitlines()[-1])
+    assert done["file"].startswith(str(site)), done  # the wheel's copy, not the checkout's
+    assert done["help"] == 0 and done["help_says_groups"]
+    assert done["val"] == done["predict"] == done["export"] == 0, result.stderr[-3000:]
+    assert (work / "val" / "metrics.json").is_file() and (work / "pred" / "detections.json").is_file()
+    assert (work / "exp" / "m.onnx").is_file() and done["api_detections"] > 0
