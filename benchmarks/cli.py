@@ -3,6 +3,7 @@
     python tools/bench.py                    # all of them
     python tools/bench.py losses assigner    # some
     python tools/bench.py model --quick      # fewer repeats / smaller sizes, for a smoke check
+    python tools/bench.py model train --models yolov8n,yolo11n   # the benchmarks that take models, for these
 
 Each sub-benchmark lives in ``benchmarks/<name>.py`` of the checkout and returns a list of rows
 (dicts); this entry point prints them as a table and writes ``<out>/<name>.json`` with the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 from pathlib import Path
@@ -60,22 +62,52 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], help="sub-benchmarks (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     parser.add_argument("--out", default="bench_results", help="folder for the JSON results")
+    parser.add_argument("--models", type=model_list, default=None, metavar="NAMES",
+                        help=f"comma-separated model names for {', '.join(TAKE_MODELS)} (default: each one's own)")
     return parser
+
+
+TAKE_MODELS = ("model", "train")  # the sub-benchmarks whose run() takes models=
+
+
+def model_list(text: str) -> list[str]:
+    """"yolov8n,yolo11n" -> the names, each checked by the model registry."""
+    from detector.models.registry import resolve
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        for name in names:
+            resolve(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("no model names given")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     return run(parser().parse_args(argv))
 
 
+def check(args: argparse.Namespace) -> None:
+    """Refuse ``--models`` when no chosen sub-benchmark takes models (it would change nothing)."""
+    if args.models and not set(args.names or BENCHMARKS) & set(TAKE_MODELS):
+        raise SystemExit(f"error: detector bench: --models applies to {' and '.join(TAKE_MODELS)} only")
+
+
 def run(args: argparse.Namespace) -> int:
     """The sub-benchmarks of ``args.names`` (all when empty), each printed and written as JSON."""
+    check(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
     print(f"machine: {info}")
     for name in args.names or BENCHMARKS:
         module = importlib.import_module(f"benchmarks.{name}")
-        rows = module.run(quick=args.quick)
+        options = {"quick": args.quick}
+        if getattr(args, "models", None) and "models" in inspect.signature(module.run).parameters:
+            options["models"] = args.models
+        rows = module.run(**options)
         print_table(name, rows)
         (out / f"{name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     return 0

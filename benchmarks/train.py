@@ -1,5 +1,8 @@
 """Training throughput of model n at 640, batch 8, with the step split into its parts; and ours
-beside YOLOv8n, per training image.
+beside ultralytics' model of the same name (YOLOv8n and YOLO11n by default), per training image.
+
+    detector bench train                                  # the breakdown, then yolov8n and yolo11n side by side
+    detector bench train --models yolo11n,yolo11s         # the breakdown, then these side by side
 
 The breakdown: data (TrainDataset with mosaic, one process, per batch), forward, assignment, loss
 (criterion minus assignment), backward, optimizer. Uses COCO128 when ../shared/data/coco128 (or
@@ -8,11 +11,11 @@ $COCO128) exists, else the shapes set. Times are medians over the measured steps
 Side by side (when ``ultralytics`` is importable; it is not a dependency): one training step as
 each framework's trainer makes it, on the same pre-built batches (same images, batch, imgsz and
 threads, data loading excluded): forward, loss with assignment (ours: the default BCE + CIoU + DFL
-criterion with TAL, the model and batch channels-last as our trainer runs them; YOLOv8n: its own
-v8DetectionLoss, BCE + CIoU + DFL with its TAL, on NCHW batches as its collate makes), backward,
-gradient clipping at 10, the SGD step (the same three parameter groups for both) and the EMA update.
-The two alternate in interleaved rounds, so drift on a shared machine hits both alike; each figure
-is the median over rounds, with the fastest and slowest round beside it.
+criterion with TAL, the model and batch channels-last as our trainer runs them; ultralytics: its
+model's own ``v8DetectionLoss``, BCE + CIoU + DFL with its TAL, on NCHW batches as its collate
+makes), backward, gradient clipping at 10, the SGD step (the same three parameter groups for both)
+and the EMA update. The two alternate in interleaved rounds, so drift on a shared machine hits both
+alike; each figure is the median over rounds, with the fastest and slowest round beside it.
 """
 from __future__ import annotations
 
@@ -61,11 +64,15 @@ def base_dataset():
     return "shapes", shapes_splits(num_train=64, num_val=8).train
 
 
-def run(quick: bool = False) -> list[dict]:
+SIDE_BY_SIDE = ("yolov8n", "yolo11n")
+
+
+def run(quick: bool = False, models: list[str] | None = None) -> list[dict]:
     rows = breakdown(quick)
     if importlib.util.find_spec("ultralytics") is not None:
         imgsz, batch_size, rounds, steps = (320, 4, 2, 1) if quick else (640, 8, 5, 2)
-        rows += side_by_side(imgsz=imgsz, batch_size=batch_size, rounds=rounds, steps=steps)
+        for name in models or SIDE_BY_SIDE:
+            rows += side_by_side(name, imgsz=imgsz, batch_size=batch_size, rounds=rounds, steps=steps)
     return rows
 
 
@@ -129,10 +136,9 @@ def make_batches(dataset, imgsz: int, batch_size: int, count: int) -> list[dict]
 
 
 class OurStep:
-    name = "ours (n)"
-
-    def __init__(self, num_classes: int):
-        self.model = build_model("n", num_classes=num_classes).train().to(memory_format=torch.channels_last)
+    def __init__(self, model_name: str, num_classes: int):
+        self.name = f"ours ({model_name})"
+        self.model = build_model(model_name, num_classes=num_classes).train().to(memory_format=torch.channels_last)
         self.criterion = DetectionCriterion(
             assigner=TaskAlignedAssigner(num_classes=num_classes), cls_loss=BCELoss(loss_weight=0.5),
             box_loss=IoULoss(kind="ciou", loss_weight=7.5), dfl_loss=DistributionFocalLoss(loss_weight=1.5))
@@ -147,14 +153,13 @@ class OurStep:
 
 
 class UltralyticsStep:
-    name = "YOLOv8n (ultralytics)"
-
-    def __init__(self, num_classes: int, imgsz: int):
+    def __init__(self, model_name: str, num_classes: int, imgsz: int):
         from ultralytics.cfg import get_cfg
         from ultralytics.nn.tasks import DetectionModel
         from ultralytics.utils.torch_utils import ModelEMA as UltralyticsEMA
 
-        self.model = DetectionModel("yolov8n.yaml", nc=num_classes, verbose=False).train()
+        self.name = f"{model_name} (ultralytics)"
+        self.model = DetectionModel(f"{model_name}.yaml", nc=num_classes, verbose=False).train()
         self.model.args = get_cfg()  # box 7.5, cls 0.5, dfl 1.5: what its loss reads
         self.optimizer, self.ema, self.imgsz = sgd(self.model), UltralyticsEMA(self.model), imgsz
 
@@ -173,13 +178,17 @@ def _step(model, optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def side_by_side(imgsz: int = 640, batch_size: int = 8, rounds: int = 5, steps: int = 2, warmup: int = 2) -> list[dict]:
-    """Per training image: ours and YOLOv8n in ``rounds`` interleaved rounds of ``steps`` steps each."""
+def side_by_side(model_name: str = "yolov8n", imgsz: int = 640, batch_size: int = 8, rounds: int = 5, steps: int = 2,
+                 warmup: int = 2) -> list[dict]:
+    """Per training image: ours and ultralytics' ``model_name`` in ``rounds`` interleaved rounds of ``steps`` steps each."""
+    from benchmarks.model import canonical
+
+    model_name = canonical(model_name)
     name, dataset = base_dataset()
     num_classes = len(dataset.names)
     batches = make_batches(dataset, imgsz, batch_size, count=max(steps, warmup))
     torch.manual_seed(0)
-    contenders = [OurStep(num_classes), UltralyticsStep(num_classes, imgsz)]
+    contenders = [OurStep(model_name, num_classes), UltralyticsStep(model_name, num_classes, imgsz)]
     for contender in contenders:
         for b in range(warmup):
             contender(batches[b % len(batches)])
@@ -197,6 +206,6 @@ def side_by_side(imgsz: int = 640, batch_size: int = 8, rounds: int = 5, steps: 
         rows.append({"data_set": setting, "part": f"train step per image: {contender.name}",
                      "ms": statistics.median(values), "share_of_step": f"{min(values):.1f}-{max(values):.1f}"})
     ours, theirs = (statistics.median(per_image[c.name]) for c in contenders)
-    rows.append({"data_set": setting, "part": "speed ours / YOLOv8n (>1: ours faster)", "ms": theirs / ours,
-                 "share_of_step": ""})
+    rows.append({"data_set": setting, "part": f"speed ours / ultralytics {model_name} (>1: ours faster)",
+                 "ms": theirs / ours, "share_of_step": ""})
     return rows
