@@ -169,13 +169,17 @@ class Detector:
         return dict(result.metrics)
 
     def export(self, format: str = "onnx", overrides: list[str] | str | None = None, **kwargs) -> Path:
-        """Export to ONNX as ``detector export`` (configs/export.yaml: imgsz, dynamic, nms, conf,
-        iou, max_det, opset, output, image, tolerance, latency_runs) with the same check; returns
-        the file's path. Raises ExportError when the check fails."""
-        if format != "onnx":
-            raise ValueError(f"format={format!r} is not supported; the only export format is 'onnx'")
+        """Export to ONNX or OpenVINO (``format``) as ``detector export`` (configs/export.yaml: imgsz,
+        dynamic, nms, conf, iou, max_det, opset, layout, int8, calib_images, data, output, image,
+        tolerance, latency_runs) with the same check; returns the file's path (OpenVINO: the .xml
+        in its folder). Raises ExportError when the check fails."""
+        from detector.engine.deploy import FORMATS
+
+        if format not in FORMATS:
+            raise ValueError(f"format={format!r} is not supported; the export formats are "
+                             f"{' and '.join(repr(f) for f in FORMATS)}")
         stem = self.ckpt_path.stem if self.ckpt_path else f"detector_{self.model.scale}"
-        report = self._run("export", self._own_overrides("export", kwargs, overrides),
+        report = self._run("export", [f"format={format}", *self._own_overrides("export", kwargs, overrides)],
                            functools.partial(tasks.export, model=self.model, train_cfg=self.config, stem=stem))
         return report.path
 

@@ -78,21 +78,37 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    """An exported file run with onnxruntime, raw or NMS layout (see detector.export.onnx).
+    """An exported model, raw or NMS layout (see detector.export.onnx): an ONNX file run with
+    onnxruntime, or ``session``, any runtime with OnnxDetector's interface (an OpenVINO model:
+    detector.export.openvino.OpenVinoDetector).
 
     With the NMS layout the thresholds are baked in: ``conf`` and ``max_det`` can only tighten them
     (at most the exported max_det rows come out; a lower conf or another iou is reported once).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, session=None):
         from detector.export.onnx import OnnxDetector
 
-        self.session = OnnxDetector(path, threads=threads)
+        self.session = session if session is not None else OnnxDetector(path, threads=threads)
         meta = self.session.metadata
         self.names = list(meta.get("names", []))
+        self.num_classes = int(meta.get("num_classes", len(self.names)))
         self.imgsz = meta.get("imgsz")
         self.fixed_size = self.session.fixed_size
         self._warned = False
+
+    def predict(self, images: Tensor, conf: float = 0.001, iou: float = 0.7, max_det: int = 300) -> list[dict]:
+        """``DetectionModel.predict``'s interface (images [B, 3, H, W] in [0, 1], any device), so
+        that ``detector val`` scores an exported model with the evaluator of checkpoints; a batch
+        is run in pieces of the model's fixed batch size."""
+        array = images.detach().float().cpu().numpy()
+        if self.fixed_size and tuple(array.shape[2:]) != tuple(self.fixed_size):
+            raise ValueError(f"{self.session.path} takes fixed {self.fixed_size[0]}x{self.fixed_size[1]} input, not "
+                             f"{array.shape[2]}x{array.shape[3]}; pass imgsz={self.fixed_size[0]} rect=false, or "
+                             "export with dynamic=true")
+        step = self.session.fixed_batch or len(array)
+        return [det for start in range(0, len(array), step)
+                for det in self(array[start:start + step], conf, iou, max_det)]
 
     def __call__(self, images: np.ndarray, conf: float, iou: float, max_det: int) -> list[dict]:
         outputs = self.session(images)
@@ -113,14 +129,27 @@ class OnnxPredictor:
         return results
 
 
+def is_exported(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an exported model (``.onnx``, or OpenVINO: ``.xml`` or its folder)
+    rather than a checkpoint."""
+    from detector.export.openvino import is_openvino_path
+
+    return Path(path).suffix.lower() == ".onnx" or is_openvino_path(path)
+
+
 def load_predictor(path: str | os.PathLike, device: str = "cpu") -> TorchPredictor | OnnxPredictor:
-    """A checkpoint (``.pt``) or an exported ``.onnx`` file, ready to run. Raises
-    CheckpointError / OnnxLayoutError / FileNotFoundError with a message for the user."""
+    """A checkpoint (``.pt``), an exported ``.onnx`` file or an OpenVINO model (its ``.xml`` or
+    folder), ready to run. Raises CheckpointError / OnnxLayoutError / OpenVinoModelError /
+    MissingExtraError / FileNotFoundError with a message for the user."""
+    from detector.export.openvino import OpenVinoDetector, is_openvino_path
+
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         return OnnxPredictor(path)
+    if is_openvino_path(path):
+        return OnnxPredictor(path, session=OpenVinoDetector(path))
     from detector.engine.checkpoint import load_checkpoint
 
     model, config = load_checkpoint(path)
@@ -134,7 +163,7 @@ def resolve_imgsz(predictor, requested: int | None) -> int:
     if imgsz % 32:
         raise ValueError(f"imgsz={imgsz} must be a multiple of 32")
     if predictor.fixed_size and tuple(predictor.fixed_size) != (imgsz, imgsz):
-        raise ValueError(f"the ONNX file takes fixed {predictor.fixed_size[0]}x{predictor.fixed_size[1]} input, "
+        raise ValueError(f"the exported model takes fixed {predictor.fixed_size[0]}x{predictor.fixed_size[1]} input, "
                          f"not imgsz={imgsz}; pass imgsz={predictor.fixed_size[0]} or export with dynamic=true")
     return imgsz
 

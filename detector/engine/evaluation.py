@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,9 +27,18 @@ def overrides_name_data(overrides) -> bool:
     return any(str(o).split("=")[0].split(".")[0].lstrip("+~") == "data" for o in overrides)
 
 
+def chosen_data(data_cfg: DictConfig, train_cfg: dict, data_given: bool) -> DictConfig:
+    """The data config to use: ``data_cfg`` when the user gave one, else the checkpoint's own
+    (``train_cfg["data"]``; a converted file records none, and ``data_cfg`` is used)."""
+    saved_data = train_cfg.get("data")
+    own_data = isinstance(saved_data, dict) and "_target_" in saved_data  # a converted file records no data set
+    return OmegaConf.create(saved_data) if own_data and not data_given else data_cfg
+
+
 def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | os.PathLike, *,
                          data_given: bool, source: str = "the model"):
-    """Score ``model`` (a fused copy; the argument is left untouched) on the validation split, print
+    """Score ``model`` (a fused copy; the argument is left untouched; or an exported model, a
+    detector.predict.OnnxPredictor, as it is) on the validation split, print
     the metric and per-class tables and write detections.json, metrics.json and the pictures to
     ``run_dir``; with ``diagnostics`` (default true) also diagnostics.json, per_class.csv, the
     confusion matrices (``confusion_conf``, ``confusion_iou``: 0.25, 0.45), the P, R, F1 and PR
@@ -41,9 +51,7 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
     from detector.eval.report import (format_class_table, format_metrics_table, format_per_class_table,
                                       write_eval_outputs)
 
-    saved_data = train_cfg.get("data")
-    own_data = isinstance(saved_data, dict) and "_target_" in saved_data  # a converted file records no data set
-    data_cfg = OmegaConf.create(saved_data) if own_data and not data_given else cfg.data
+    data_cfg = chosen_data(cfg.data, train_cfg, data_given)
     imgsz = cfg.imgsz or train_cfg.get("imgsz", 640)
     splits = instantiate(data_cfg)
     if len(splits.names) != model.num_classes:
@@ -54,7 +62,8 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
                                                 "workers": cfg.workers}), splits.val,
                               rect=bool(cfg.get("rect", False)))
     device = resolve_device(cfg.device)
-    fused = copy.deepcopy(model).eval().fuse().to(device)
+    # an exported model (detector.predict.OnnxPredictor) runs as it is, on its own runtime
+    fused = copy.deepcopy(model).eval().fuse().to(device) if isinstance(model, torch.nn.Module) else model
     result = evaluate(fused, loader, splits.val_ann_file, list(splits.val.category_ids), device=device,
                       conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, backend=cfg.backend)
     # a val set without labelled boxes, and val images left out, are said by evaluate (once)

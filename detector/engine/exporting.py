@@ -87,9 +87,14 @@ def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dyna
 
 
 def export_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | os.PathLike,
-                       stem: str) -> ExportReport:
+                       stem: str, data_given: bool = False) -> ExportReport:
     """configs/export.yaml's keys -> ``export_and_check``: imgsz null takes the checkpoint's training
-    size (``train_cfg``, else 640), output null writes ``<run_dir>/<stem>.onnx``."""
+    size (``train_cfg``, else 640), output null writes ``<run_dir>/<stem>.onnx``. ``format=openvino``
+    and ``int8=true`` go to detector/engine/deploy.py (``data_given``: data= was on the command line)."""
+    if cfg.get("format", "onnx") != "onnx" or cfg.get("int8", False):
+        from detector.engine.deploy import deploy_from_config
+
+        return deploy_from_config(cfg, model, train_cfg, run_dir, stem, data_given=data_given)
     imgsz = int(cfg.imgsz or train_cfg.get("imgsz", 640))
     output = Path(cfg.output) if cfg.output else Path(run_dir) / f"{stem}.onnx"
     return export_and_check(model, output, imgsz=imgsz, dynamic=cfg.dynamic, nms=cfg.nms, conf=cfg.conf,

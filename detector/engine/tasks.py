@@ -52,16 +52,20 @@ def next_steps(summary: dict) -> list[str]:
 
 
 def evaluate(cfg: DictConfig, model=None, train_cfg: dict | None = None, source: str | None = None):
-    """COCO evaluation of ``cfg.ckpt`` (or of ``model`` with its ``train_cfg``); returns the
-    EvalResult."""
+    """COCO evaluation of ``cfg.ckpt`` (a checkpoint, or an exported ONNX/OpenVINO model run on
+    its runtime) or of ``model`` with its ``train_cfg``; returns the EvalResult."""
     from hydra.core.hydra_config import HydraConfig
 
     from detector.engine.checkpoint import load_checkpoint
     from detector.engine.evaluation import evaluate_from_config, overrides_name_data
+    from detector.predict import is_exported, load_predictor, resolve_imgsz
 
     run_dir = run_dir_of_job()
     with log_to(run_dir, "eval"):
-        if model is None:
+        if model is None and is_exported(cfg.ckpt):
+            model = load_predictor(cfg.ckpt)  # records names and imgsz, not the data set: data= applies
+            train_cfg, source = {"imgsz": resolve_imgsz(model, cfg.imgsz)}, f"exported model {cfg.ckpt}"
+        elif model is None:
             model, train_cfg = load_checkpoint(cfg.ckpt)
             source = f"checkpoint {cfg.ckpt}"
         return evaluate_from_config(cfg, model, train_cfg or {}, run_dir, source=source or "the model",
@@ -69,8 +73,12 @@ def evaluate(cfg: DictConfig, model=None, train_cfg: dict | None = None, source:
 
 
 def export(cfg: DictConfig, model=None, train_cfg: dict | None = None, stem: str | None = None):
-    """Export ``cfg.ckpt`` (or ``model``) to ONNX and check it; returns the ExportReport."""
+    """Export ``cfg.ckpt`` (or ``model``) to ONNX or OpenVINO (``format``; INT8 with ``int8``) and
+    check it; returns the ExportReport."""
+    from hydra.core.hydra_config import HydraConfig
+
     from detector.engine.checkpoint import load_checkpoint
+    from detector.engine.evaluation import overrides_name_data
     from detector.engine.exporting import export_from_config
 
     run_dir = run_dir_of_job()
@@ -78,7 +86,8 @@ def export(cfg: DictConfig, model=None, train_cfg: dict | None = None, stem: str
         if model is None:
             model, train_cfg = load_checkpoint(cfg.ckpt)
             stem = Path(cfg.ckpt).stem
-        return export_from_config(cfg, model, train_cfg or {}, run_dir, stem=stem or "model")
+        return export_from_config(cfg, model, train_cfg or {}, run_dir, stem=stem or "model",
+                                  data_given=overrides_name_data(HydraConfig.get().overrides.task))
 
 
 def predict(cfg: DictConfig, predictor=None, items=None, save: bool = True) -> tuple[list[dict], list[dict]]:
