@@ -284,7 +284,9 @@ def write_preflight_yaml(info: dict, folder: Path, train: int = 4, val: int = 2)
     data = dy.read_data_yaml(info["yaml"])
     for key, count in (("train", train), ("val", val)):
         images = dy.split_images(data, key).images[:count]
-        (folder / f"{key}.txt").write_text("".join(f"{Path(image).resolve()}\n" for image in images))
+        # absolute, links kept: ultralytics finds a label by the image's own path (images/ -> labels/), and
+        # a set written by `detector export-yolo` links its images from the shapes cache
+        (folder / f"{key}.txt").write_text("".join(f"{Path(image).absolute()}\n" for image in images))
         content[key] = str(folder / f"{key}.txt")
     path = folder / "data.yaml"
     path.write_text(yaml.safe_dump(content, sort_keys=False))

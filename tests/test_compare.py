@@ -217,6 +217,26 @@ def test_run_compare_trains_both_then_converts_and_evaluates_both(tmp_path):
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["results"][1]["name"] == "YOLOv8n"
 
 
+def test_preflight_lists_linked_images_by_their_own_path(tmp_path):
+    """`detector export-yolo` links its images from the shapes cache; ultralytics finds each label from the
+    image's path (images/ -> labels/), so the trial's list keeps the link, never its target."""
+    from detector.compare import write_preflight_yaml
+
+    source = make_yolo_set(tmp_path / "source")
+    linked = tmp_path / "linked"
+    for split in ("train", "val"):
+        (linked / "images" / split).mkdir(parents=True)
+        (linked / "labels" / split).mkdir(parents=True)
+        for image in (source / "images" / split).iterdir():
+            (linked / "images" / split / image.name).symlink_to(image)
+            (linked / "labels" / split / f"{image.stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    info = check_data_yaml(write_yaml(linked / "data.yaml", {"path": str(linked), "train": "images/train",
+                                                             "val": "images/val", "names": ["a"]}))
+    trial = yaml.safe_load(write_preflight_yaml(info, tmp_path / "preflight").read_text())
+    listed = Path(trial["train"]).read_text().split()
+    assert listed and all(line.startswith(str(linked / "images" / "train")) for line in listed)
+
+
 def test_run_compare_reports_divergence_and_skips_its_evaluation(tmp_path):
     make_yolo_set(tmp_path / "set")
     data = write_yaml(tmp_path / "data.yaml", {"path": str(tmp_path / "set"), "train": "images/train",
