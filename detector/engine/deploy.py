@@ -80,13 +80,19 @@ def deploy_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
 
 def calibration_from_config(cfg: DictConfig, model, train_cfg: dict, imgsz: int, data_given: bool):
     """(the CalibrationSet of ``cfg.calib_images`` training images, the data config used)."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from detector.engine.evaluation import EvalDataError, chosen_data
-    from detector.export.quantize import CalibrationSet, calibration_count
+    from detector.export.quantize import CalibrationError, CalibrationSet, calibration_count
 
     data_cfg = chosen_data(cfg.data, train_cfg, data_given)
-    splits = instantiate(data_cfg)
+    try:
+        splits = instantiate(data_cfg)
+    except InstantiationException as error:  # the data set refuses itself, e.g. a split with no image
+        cause = error.__cause__ or error
+        raise CalibrationError(f"int8=true calibrates on the train split of the data set, which cannot be used: "
+                               f"{str(cause).splitlines()[0]}") from None
     if len(splits.names) != model.num_classes:
         raise EvalDataError(f"the model predicts {model.num_classes} classes but the data set has "
                             f"{len(splits.names)} ({', '.join(splits.names[:10])}...); pass the data set it was "
