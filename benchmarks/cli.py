@@ -4,6 +4,7 @@
     python tools/bench.py losses assigner    # some
     python tools/bench.py model --quick      # fewer repeats / smaller sizes, for a smoke check
     python tools/bench.py model train --models yolov8n,yolo11n   # the benchmarks that take models, for these
+    python tools/bench.py export --ckpt best.pt --data data.yaml # the formats table, with AP on that val split
 
 Each sub-benchmark lives in ``benchmarks/<name>.py`` of the checkout and returns a list of rows
 (dicts); this entry point prints them as a table and writes ``<out>/<name>.json`` with the
@@ -64,7 +65,17 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="bench_results", help="folder for the JSON results")
     parser.add_argument("--models", type=model_list, default=None, metavar="NAMES",
                         help=f"comma-separated model names for {', '.join(TAKE_MODELS)} (default: each one's own)")
+    export = parser.add_argument_group("export (the formats table)")
+    export.add_argument("--ckpt", default=None, help="checkpoint to export (default: an untrained n, no AP)")
+    export.add_argument("--data", default=None, metavar="DATA_YAML",
+                        help="ultralytics data.yaml: AP on its val split, INT8 calibrated on its train split "
+                             "(default: the checkpoint's own data set)")
+    export.add_argument("--imgsz", type=int, default=None, help="export, latency and AP size (default: 640)")
+    export.add_argument("--calib-images", type=float, default=300, help="INT8 calibration images (default: 300)")
     return parser
+
+
+EXPORT_OPTIONS = ("ckpt", "data", "imgsz", "calib_images")  # passed to the run() that takes them (export)
 
 
 TAKE_MODELS = ("model", "train")  # the sub-benchmarks whose run() takes models=
@@ -90,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse ``--models`` when no chosen sub-benchmark takes models (it would change nothing)."""
+    """Refuse ``--models`` (``--ckpt``, ``--data``, ``--imgsz``) when no chosen sub-benchmark takes
+    models (is export): it would change nothing; and ``--data`` without ``--ckpt``."""
     if args.models and not set(args.names or BENCHMARKS) & set(TAKE_MODELS):
         raise SystemExit(f"error: detector bench: --models applies to {' and '.join(TAKE_MODELS)} only")
+    given = [key for key in ("ckpt", "data", "imgsz") if getattr(args, key, None) is not None]
+    if given and "export" not in (args.names or BENCHMARKS):
+        raise SystemExit(f"error: detector bench: --{given[0]} applies to export only")
+    if getattr(args, "data", None) and not getattr(args, "ckpt", None):
+        raise SystemExit("error: detector bench export: --data scores a checkpoint: give --ckpt too")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         options = {"quick": args.quick}
         if getattr(args, "models", None) and "models" in inspect.signature(module.run).parameters:
             options["models"] = args.models
+        options.update({key: getattr(args, key) for key in EXPORT_OPTIONS
+                        if getattr(args, key, None) is not None and key in inspect.signature(module.run).parameters})
         rows = module.run(**options)
         print_table(name, rows)
         (out / f"{name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))

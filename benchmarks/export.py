@@ -1,104 +1,229 @@
-"""ONNX export: onnxruntime CPU latency of the exported n model (80 classes) at 640, batch 1,
-without and with NMS in the graph, and the export's agreement with PyTorch.
+"""One table of export formats, as ultralytics' ``yolo benchmark``: for PyTorch, ONNX, ONNX+NMS,
+ONNX INT8 (onnxruntime), OpenVINO FP32 and OpenVINO INT8 (NNCF) the size on disk, the CPU latency
+at batch 1 and the AP of the exported model on a val set, by ``detector val``'s evaluator.
 
-Rows (median of several session.run calls after warm-up, CPU execution provider, default threads):
-- raw graph (predictions [1, 8400, 84]), and the same followed by the PyTorch postprocess
-  (conf 0.25, iou 0.7): what a user of the raw graph pays in all;
-- NMS graph on untrained weights: almost no score passes 0.25, so this is the graph's fixed cost;
-- NMS graph on "loaded" weights (BN statistics from random images, class bias set so that 1000
-  (anchor, class) pairs pass 0.25): the cost of NMS with many candidates, a crowded image.
-The reference YOLOv8n (ultralytics, built from its yaml without weights) is exported with the
-same exporter and timed the same way when the package is importable; a benchmark-only comparison.
+    detector bench export                                       # untrained n at 640: latency and size
+    detector bench export --ckpt best.pt --data data.yaml       # and AP on data.yaml's val split
+    PYTHONPATH=/path/to/ultralytics detector bench export ...   # with ultralytics' own exports beside
+
+Every export goes through the code of ``detector export`` (detector/engine/deploy.py; INT8
+calibrated on ``--calib-images`` letterboxed images of the train split, 300 by default), at one
+fixed square size (``--imgsz``, 640 by default) for latency and AP alike. Latency: the median of
+``runs`` calls after warm-up, in ``repeats`` rounds that visit the formats in turn (the order
+rotated each round, so that a machine shared with other work slows all alike), the median over
+rounds; CPU, default threads, OpenVINO compiled in f32 (LATENCY hint). AP: conf 0.001, iou 0.7,
+max_det 300 (eval.yaml), except the NMS graph, which keeps the baked-in conf 0.25 and max_det 100
+of a deployment file (so a lower AP there is the threshold, not the export). Without ``--data`` the
+checkpoint's own data set is used; without a checkpoint an untrained n (80 classes) is timed
+and calibrated on generated shapes pictures, and no AP is given. The "vs" column: INT8 rows
+against the same runtime's float row; ultralytics' rows: ours against theirs, same runtime.
+
+When ultralytics is importable, ``YOLO("yolov8n.yaml")`` (random weights, no download) is
+exported with its own exporter to ONNX and OpenVINO and timed in the same rounds; latency and
+size only (a benchmark-only comparison: ultralytics is never imported by the library).
 """
 from __future__ import annotations
 
-import copy
-import math
+import contextlib
+import io
+import logging
+import os
+import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from detector import build_model
-from detector.export.onnx import OnnxDetector, export_onnx, max_difference, ort_latency_ms
-from detector.models.postprocess import postprocess
 from detector.timing import median_ms
 
-CONF, IOU, MAX_DET = 0.25, 0.7, 100
-LOADED_CANDIDATES = 1000
+log = logging.getLogger("detector")
+CONF, IOU, MAX_DET = 0.25, 0.7, 100  # the NMS graph's baked-in thresholds (export.yaml's defaults)
 
 
-def loaded_model(model, images: torch.Tensor, candidates: int = LOADED_CANDIDATES):
-    """A copy whose scores vary and of which exactly ``candidates`` (anchor, class) pairs pass CONF."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-            module.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(2, *images.shape[1:]))
-        for branch in model.head.cls_branches:
-            branch[-1].bias.zero_()
-        model.eval()
-        logits = torch.logit(model(images)[0, :, 4:].clamp(1e-7, 1 - 1e-7))  # [A, C]
-        threshold = logits.flatten().topk(candidates + 1).values[-2:].mean()  # between the k-th and k+1-th
-        for branch in model.head.cls_branches:
-            branch[-1].bias.fill_(math.log(CONF / (1 - CONF)) - threshold.item())
-    return model
+class GeneratedImages:
+    """Generated shapes pictures as a data set for calibration, when no data set is given."""
+
+    def __init__(self, count: int, imgsz: int):
+        self.count, self.imgsz = count, imgsz
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, index: int):
+        from detector.data.synthetic import make_image
+
+        return make_image(np.random.default_rng(index), self.imgsz // 2, self.imgsz)[0], None
 
 
-def time_raw_plus_postprocess(detector: OnnxDetector, images: np.ndarray, runs: int) -> float:
-    def once():
-        postprocess(torch.from_numpy(detector(images)["predictions"]), conf=CONF, iou=IOU, max_det=MAX_DET)
+def load(ckpt: str | None, data: str | None):
+    """(model, data config or None, where the model came from)."""
+    from omegaconf import OmegaConf
 
-    return median_ms(once, runs=runs, warmup=2)
+    from detector.engine.evaluation import chosen_data
+
+    if ckpt is None:
+        torch.manual_seed(0)
+        return build_model("n", num_classes=80).eval(), None, "untrained n, 80 classes"
+    from detector.engine.checkpoint import load_checkpoint
+
+    model, config = load_checkpoint(ckpt)
+    given = OmegaConf.create({"_target_": "detector.data.yolo.yolo_splits", "data_yaml": data}) if data else None
+    data_cfg = chosen_data(given, config or {}, data_given=given is not None)
+    return model.eval(), data_cfg, f"checkpoint {ckpt}"
 
 
-def reference_row(folder: Path, imgsz: int, images: np.ndarray, runs: int) -> dict:
+def exports(model, folder: Path, imgsz: int, calibration) -> list[tuple[str, str, object, Path]]:
+    """(format, runtime, session, path) of each of our exported models."""
+    from detector.engine.deploy import deploy_and_check
+    from detector.export.onnx import OnnxDetector
+    from detector.export.openvino import OpenVinoDetector
+
+    made = []
+    quiet = dict(imgsz=imgsz, latency_runs=0, tolerance=1e-2)
+    plan = [("ONNX", "onnxruntime", "onnx", {}), ("ONNX+NMS", "onnxruntime", "onnx",
+                                                   {"nms": True, "conf": CONF, "iou": IOU, "max_det": MAX_DET}),
+            ("ONNX INT8", "onnxruntime", "onnx", {"calibration": calibration}),
+            ("OpenVINO FP32", "OpenVINO", "openvino", {}),
+            ("OpenVINO INT8", "OpenVINO", "openvino", {"calibration": calibration})]
+    for n, (name, runtime, fmt, options) in enumerate(plan):
+        output = folder / (f"m{n}.onnx" if fmt == "onnx" else f"m{n}_openvino_model")
+        if fmt == "onnx" and "calibration" not in options:  # the plain ONNX exporter, as detector export runs it
+            from detector.engine.exporting import export_and_check
+
+            report = export_and_check(model, output, nms=options.pop("nms", False), **quiet, **options)
+        else:
+            report = deploy_and_check(model, output, fmt=fmt, stem="model", **quiet, **options)
+        session = OpenVinoDetector(report.path) if fmt == "openvino" else OnnxDetector(report.path)
+        made.append((name, runtime, session, report.path))
+    return made
+
+
+def ultralytics_exports(folder: Path, imgsz: int) -> list[tuple[str, str, object, Path]]:
+    """ultralytics' own ONNX and OpenVINO exports of a random-weight YOLOv8n: (name, runtime, run, path)."""
     try:
         from ultralytics import YOLO
     except ImportError:
-        return {"graph": "reference yolov8n (ultralytics not installed: skipped)"}
-    model = YOLO("yolov8n.yaml").model.fuse().eval()
-    path = folder / "yolov8n.onnx"
-    torch.onnx.export(model, (torch.from_numpy(images),), str(path), dynamo=False, input_names=["images"],
-                      output_names=["output0"], opset_version=17)
+        return []
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    latency = median_ms(lambda: session.run(None, {"images": images}), runs=runs)
-    return {"graph": "reference yolov8n raw [1, 84, A] (ultralytics)", "imgsz": imgsz,
-            "ort_cpu_ms": latency, "mib": path.stat().st_size / 2**20}
+    from detector.export.openvino import require
+
+    ov = require("openvino")
+    cwd = os.getcwd()
+    os.chdir(folder)  # its exporter writes next to the model's name, in the working folder
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            onnx_path = Path(YOLO("yolov8n.yaml").export(format="onnx", imgsz=imgsz, simplify=False, verbose=False))
+            ov_folder = Path(YOLO("yolov8n.yaml").export(format="openvino", imgsz=imgsz, verbose=False))
+    finally:
+        os.chdir(cwd)
+    onnx_path, ov_folder = folder / onnx_path.name, folder / ov_folder.name
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    xml = next(ov_folder.glob("*.xml"))
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return [("ultralytics YOLOv8n ONNX", "onnxruntime", lambda x: session.run(None, {"images": x}), onnx_path),
+            ("ultralytics YOLOv8n OpenVINO", "OpenVINO", lambda x: request.infer([x]), xml)]
 
 
-def run(quick: bool = False) -> list[dict]:
-    imgsz, runs = (320, 5) if quick else (640, 20)
-    torch.manual_seed(0)
-    model = build_model("n", num_classes=80).eval()
-    images = torch.rand(1, 3, imgsz, imgsz)
-    array = images.numpy()
+def size_mib(path: Path) -> float:
+    if path.suffix == ".xml":
+        return (path.stat().st_size + path.with_suffix(".bin").stat().st_size) / 2**20
+    return path.stat().st_size / 2**20
+
+
+def interleaved_latency(runners: dict, images: np.ndarray, repeats: int, runs: int) -> dict[str, float]:
+    """{name: median over rounds of the median of ``runs`` calls}, the order rotated each round."""
+    names, times = list(runners), {name: [] for name in runners}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            times[name].append(median_ms(lambda: runners[name](images), runs=runs, warmup=3))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, imgsz: int | None = None,
+        calib_images: int | float = 300) -> list[dict]:
+    from detector.engine.deploy import score_on_val, val_metrics
+    from detector.export.quantize import CalibrationSet, calibration_count
+    from detector.predict import to_input_batch
+
+    imgsz = imgsz or (320 if quick else 640)
+    repeats, runs = (1, 5) if quick else (5, 20)
+    model, data_cfg, source = load(ckpt, data)
+    splits = None
+    if data_cfg is not None:
+        from hydra.utils import instantiate
+
+        splits = instantiate(data_cfg)
+        train = splits.train
+    else:
+        train = GeneratedImages(16 if quick else 64, imgsz)
+    calibration = CalibrationSet(train, imgsz, calibration_count(calib_images, len(train))).check()
+    images = to_input_batch(train.load(0)[0], imgsz)[0]  # [1, 3, imgsz, imgsz]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         folder = Path(tmp)
-        graphs = (("raw predictions [1, A, 84]", model, False), ("nms (untrained: ~0 candidates)", model, True),
-                  (f"nms (loaded: {LOADED_CANDIDATES} candidates)", loaded_model(model, images), True))
-        for name, weights, nms in graphs:
-            start = time.perf_counter()
-            path = export_onnx(weights, folder / "model.onnx", imgsz=imgsz, nms=nms, conf=CONF, iou=IOU,
-                               max_det=MAX_DET)
-            export_s = time.perf_counter() - start
-            detector = OnnxDetector(path)
-            row = {"graph": name, "imgsz": imgsz, "ort_cpu_ms": ort_latency_ms(detector, array, runs=runs),
-                   "mib": path.stat().st_size / 2**20, "export_s": export_s,
-                   "max_abs_diff": max_difference(weights, detector, array)}
-            if nms:
-                row["num_dets"] = int(detector(array)["num_dets"][0])
+        ours = exports(model, folder, imgsz, calibration)
+        theirs = ultralytics_exports(folder, imgsz)
+        torch_model = _fused(model)
+        checkpoint = Path(ckpt) if ckpt else _saved(model, folder)
+
+        def pytorch(x):
+            with torch.no_grad():
+                return torch_model(torch.from_numpy(x))
+
+        runners = {"PyTorch": pytorch, **{name: session for name, _, session, _ in ours},
+                   **{name: call for name, _, call, _ in theirs}}
+        latency = interleaved_latency(runners, images, repeats, runs)
+        entries = [("PyTorch", "torch", None, checkpoint)] + [(n, r, s, p) for n, r, s, p in ours] + \
+                  [(n, r, None, p) for n, r, _, p in theirs]
+        for name, runtime, session, path in entries:
+            row = {"format": name, "runtime": runtime, "MiB": size_mib(path), "ms": latency[name], "vs": ""}
+            if splits is not None and not name.startswith("ultralytics"):
+                metrics = (val_metrics(model, data_cfg, imgsz, folder / "val" / name, name) if session is None
+                           else score_on_val(session, data_cfg, imgsz, folder / "val" / name, name))
+                row.update({"AP": metrics["AP"], "AP50": metrics["AP50"]})
             rows.append(row)
-            if not nms:
-                rows.append({"graph": "raw + pytorch postprocess", "imgsz": imgsz,
-                             "ort_cpu_ms": time_raw_plus_postprocess(detector, array, runs)})
-        rows.append(reference_row(folder, imgsz, array, runs))
+    by_name = {row["format"]: row for row in rows}
+    for row in rows:  # the "vs" column (module docstring)
+        name = row["format"]
+        if name.endswith("INT8"):
+            base = by_name[name.replace("INT8", "FP32") if "OpenVINO" in name else "ONNX"]
+            row["vs"] = f"{row['ms'] / base['ms']:.2f}x {base['format']}"
+        elif name.startswith("ultralytics"):
+            ours_row = by_name["ONNX" if name.endswith("ONNX") else "OpenVINO FP32"]
+            row["vs"] = f"ours {ours_row['ms'] / row['ms']:.2f}x"
+    for row in rows:
+        row.update({"imgsz": imgsz, "model": source if not row["format"].startswith("ultralytics") else "yolov8n.yaml"})
+    if splits is not None:
+        rows[0]["calib_images"] = len(calibration)
     return rows
+
+
+def _fused(model):
+    import copy
+
+    return copy.deepcopy(model).eval().fuse()
+
+
+def _saved(model, folder: Path) -> Path:
+    """The size an untrained model's checkpoint would have: its state dict, saved."""
+    path = folder / "model.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exports' and evaluations' own log lines and tables stay out of the benchmark's table."""
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+

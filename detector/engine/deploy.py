@@ -104,18 +104,24 @@ def calibration_from_config(cfg: DictConfig, model, train_cfg: dict, imgsz: int,
 
 
 def score_on_val(session, data_cfg, imgsz: int, run_dir: Path, source: str) -> dict:
-    """The metrics of an exported model (a session) on the val split, by ``detector val``'s
-    evaluator with configs/eval.yaml's thresholds (conf, iou, max_det, batch_size, backend)."""
+    """``val_metrics`` of an exported model (an OnnxDetector or OpenVinoDetector session)."""
+    from detector.predict import OnnxPredictor
+
+    return val_metrics(OnnxPredictor(session.path, session=session), data_cfg, imgsz, run_dir, source)
+
+
+def val_metrics(model, data_cfg, imgsz: int, run_dir: Path, source: str) -> dict:
+    """The metrics of ``model`` (a DetectionModel or an exported model's predictor) on the val
+    split, by ``detector val``'s evaluator with configs/eval.yaml's thresholds and loader (conf,
+    iou, max_det, batch_size, workers, backend), on the CPU, without the diagnostics."""
     from detector.engine.compose import config_dir
     from detector.engine.evaluation import evaluate_from_config
-    from detector.predict import OnnxPredictor
 
     defaults = OmegaConf.load(config_dir() / "eval.yaml")
     keys = ("conf", "iou", "max_det", "batch_size", "workers", "backend")
     eval_cfg = OmegaConf.create({key: defaults[key] for key in keys})
     eval_cfg.merge_with({"data": data_cfg, "imgsz": imgsz, "device": "cpu", "rect": False, "diagnostics": False})
-    predictor = OnnxPredictor(session.path, session=session)
-    result = evaluate_from_config(eval_cfg, predictor, {}, run_dir, data_given=True, source=source)
+    result = evaluate_from_config(eval_cfg, model, {}, run_dir, data_given=True, source=source)
     return dict(result.metrics)
 
 
