@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, DistributedSampler
 
 from detector.data.collate import collate_detection
@@ -52,6 +52,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def build_model(cfg: DictConfig, num_classes: int):
     return instantiate(cfg.model, num_classes=num_classes)
+
+
+def resolve_recipe(cfg: DictConfig, num_classes: int) -> dict:
+    """Write the run's own values over the recipe's ``auto`` ones (``nbs``, ``optim.lr``, ``warmup.momentum``)
+    in ``cfg``, so that the saved config, the logs and a resume hold what ran. A run that starts from
+    weights (``pretrained=`` set, not a resume) takes ``finetune.*`` for them; a value given on the command
+    line is kept as given. Returns the resolved values by dotted key."""
+    pretrained = bool(cfg.get("pretrained")) and not cfg.get("resume")
+    finetune = cfg.get("finetune") or {}
+    resolved = {
+        "nbs": optim.resolve_nbs(cfg.nbs, cfg.batch_size, pretrained, finetune.get("nbs", 64)),
+        "optim.lr": optim.resolve_lr(cfg.optim.lr, num_classes, pretrained, finetune.get("lr_scale", 1.0)),
+        "warmup.momentum": optim.resolve_warmup_momentum(cfg.warmup.momentum, pretrained,
+                                                         finetune.get("warmup_momentum")),
+    }
+    with open_dict(cfg):
+        for key, value in resolved.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+    return resolved
 
 
 def build_optimizer(cfg: DictConfig, model, num_classes: int, weight_decay: float):

@@ -1,0 +1,90 @@
+"""The recipe's ``auto`` values resolve one way from scratch and another from weights (``pretrained=``).
+
+Hand-checked: YOLOv8's AdamW fit is 0.002 x 5 / (4 + classes) (0.002 at 1 class, 0.000119 at 80); at
+batch 16 a nominal batch of 64 is 4 micro-batches per optimiser step and the weight decay stays
+0.0005 x 16 x 4 / 64 = 0.0005. The from-scratch values are the measured recipe and must not move.
+"""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from detector.engine import build
+import torch
+
+from detector.engine.optim import (LinearSchedule, apply_schedule, build_optimizer, resolve_lr, resolve_nbs,
+                                   resolve_warmup_momentum)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolved(overrides, num_classes=1):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    values = build.resolve_recipe(cfg, num_classes)
+    accumulate = build.accumulation_steps(cfg.nbs, cfg.batch_size, 1)
+    weight_decay = cfg.optim.weight_decay * cfg.batch_size * accumulate / cfg.nbs
+    return cfg, values, accumulate, weight_decay
+
+
+def test_from_scratch_keeps_a_step_per_batch_at_the_auto_lr():
+    cfg, values, accumulate, weight_decay = resolved([])
+    assert values == {"nbs": 16, "optim.lr": 0.002, "warmup.momentum": 0.8}
+    assert cfg.nbs == 16 and cfg.optim.lr == 0.002 and accumulate == 1 and weight_decay == pytest.approx(0.0005)
+    assert resolved(["batch_size=8"])[1]["nbs"] == 8
+    assert resolved([], num_classes=80)[1]["optim.lr"] == 0.000119
+    assert cfg.warmup.epochs == 3.0 and cfg.warmup.momentum == 0.8 and cfg.ema.tau == 2000
+
+
+def test_from_weights_accumulates_to_64_at_the_finetune_lr():
+    cfg, values, accumulate, weight_decay = resolved(["pretrained=start.pt"])
+    assert cfg.finetune.nbs == 64 and cfg.finetune.lr_scale == 1.0
+    assert values == {"nbs": 64, "optim.lr": 0.002, "warmup.momentum": None}  # no beta1 warmup
+    assert accumulate == 4 and weight_decay == pytest.approx(0.0005)  # 0.0005 x 16 x 4 / 64
+    assert resolved(["pretrained=start.pt", "batch_size=8"])[2] == 8
+    assert resolved(["pretrained=start.pt"], num_classes=80)[1]["optim.lr"] == 0.000119
+
+
+def test_finetune_keys_and_explicit_values_win():
+    assert resolved(["pretrained=start.pt", "finetune.nbs=32", "finetune.lr_scale=0.5",
+                     "finetune.warmup_momentum=0.85"])[1] == {"nbs": 32, "optim.lr": 0.001, "warmup.momentum": 0.85}
+    assert resolved(["pretrained=start.pt", "nbs=16", "optim.lr=0.0005", "warmup.momentum=0.8"])[1] == \
+        {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": 0.8}
+    assert resolved(["pretrained=start.pt", "optim=sgd"])[1] == \
+        {"nbs": 64, "optim.lr": 0.01, "warmup.momentum": None}  # a number: kept
+    assert resolved(["warmup.momentum=null"])[1]["warmup.momentum"] is None
+    assert resolved(["experiment=yolov8_coco", "data.root=/nonexistent"], num_classes=80)[1] == \
+        {"nbs": 64, "optim.lr": 0.01, "warmup.momentum": 0.8}  # the COCO recipe sets its own nbs from scratch
+
+
+def test_a_resume_keeps_the_scratch_resolution_of_auto():
+    # a resumed run's config is its checkpoint's, already resolved; were an auto left, it is not a fresh start
+    assert resolved(["pretrained=start.pt", "resume=last.pt"])[1] == {"nbs": 16, "optim.lr": 0.002, "warmup.momentum": 0.8}
+
+
+def test_resolvers_by_hand():
+    assert resolve_nbs("auto", 16, pretrained=False, finetune_nbs=64) == 16
+    assert resolve_nbs("auto", 16, pretrained=True, finetune_nbs=64) == 64
+    assert resolve_nbs(24, 16, pretrained=True, finetune_nbs=64) == 24
+    assert resolve_lr("auto", 6, pretrained=False, finetune_lr_scale=0.25) == 0.001
+    assert resolve_lr("auto", 6, pretrained=True, finetune_lr_scale=0.25) == 0.00025
+    assert resolve_lr(0.01, 6, pretrained=True, finetune_lr_scale=0.25) == 0.01
+    assert resolve_warmup_momentum("auto", pretrained=False, finetune_momentum=None) == 0.8
+    assert resolve_warmup_momentum("auto", pretrained=True, finetune_momentum=None) is None
+    assert resolve_warmup_momentum(0.85, pretrained=True, finetune_momentum=None) == 0.85
+
+
+def test_adamw_beta1_warms_up_from_scratch_and_stays_from_weights():
+    """From scratch beta1 rises 0.8 -> 0.9 over the warmup (0.85 halfway); from weights it is 0.9 at every
+    iteration, as under ultralytics' AdamW; the lr ramp is the same in both."""
+    def betas(warmup_momentum):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        optimizer = build_optimizer(lambda groups: torch.optim.AdamW(groups, lr=0.002, betas=(0.9, 0.999)), model, 5e-4)
+        out = []
+        for iteration in (0, 10, 20):
+            apply_schedule(optimizer, LinearSchedule(lrf=0.01), epoch=0, iteration=iteration, epochs=3, warmup_iters=20,
+                           warmup_bias_lr=0.0, warmup_momentum=warmup_momentum)
+            out += [optimizer.param_groups[0]["betas"][0], optimizer.param_groups[0]["lr"]]
+        return out
+    assert betas(0.8) == pytest.approx([0.8, 0.0, 0.85, 0.001, 0.9, 0.002])  # (beta1, lr) per iteration
+    assert betas(None) == pytest.approx([0.9, 0.0, 0.9, 0.001, 0.9, 0.002])
