@@ -205,7 +205,8 @@ def test_fused_equals_unfused(yolo11n):
 
 def test_onnx_export_traces_the_attention_at_any_size(yolo11n, tmp_path):
     """Exported at 64x64 with dynamic axes, run at 96x128: the attention's H * W is not baked into the graph.
-    onnxruntime is as close to the exact (float64) output as PyTorch's own float32 run."""
+    onnxruntime is within float32 rounding of the exact (float64) output: at most twice PyTorch's own
+    float32 error, or 1e-4 of the outputs' magnitude (pixels up to the image size), whichever is larger."""
     pytest.importorskip("onnxruntime")
     from detector.export import OnnxDetector, export_onnx
 
@@ -217,5 +218,5 @@ def test_onnx_export_traces_the_attention_at_any_size(yolo11n, tmp_path):
             exact = copy.deepcopy(yolo11n).double()(images.double()).numpy()
         got = detector(images.numpy())["predictions"]
         assert got.shape == single.shape == (shape[0], sum(shape[2] * shape[3] // s ** 2 for s in (8, 16, 32)), 7)
-        assert np.abs(got - exact).max() <= 2 * np.abs(single - exact).max() + 1e-4
+        assert np.abs(got - exact).max() <= max(2 * np.abs(single - exact).max(), 1e-4 * np.abs(exact).max())
         assert np.abs(got[..., 4:] - exact[..., 4:]).max() < 1e-4
