@@ -106,6 +106,7 @@ def test_train_from_weights_runs_the_finetune_recipe(tmp_path, ul_checkpoint):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     assert "starting from weights: nbs 64, optim.lr 0.001, warmup.momentum none (finetune.*" in log and "accumulate 16" in log
+    assert "from weights, nbs 64 keeps the steps few and large" in log and "too few to learn from" not in log
     config = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]
     assert config["nbs"] == 64 and config["optim"]["lr"] == 0.001 and config["warmup"]["momentum"] is None
 
