@@ -185,3 +185,23 @@ def test_without_openvino_the_error_names_the_extra(model, dynamic_export, monke
     with pytest.raises(MissingExtraError, match=extra):  # refused before anything is written
         deploy_and_check(model, root / "never_openvino_model", imgsz=64)
     assert not (root / "never_openvino_model").exists()
+
+
+def test_ultralytics_loads_our_openvino_folder(nms_export, root):
+    """ultralytics' AutoBackend on the layout=ultralytics folder (its metadata.yaml, end2end rows):
+    the detections of ``detector predict``. It compiles without an f32 hint, so on a CPU with
+    bfloat16 units it runs in bf16: boxes within a few px, scores within 0.02."""
+    ultralytics = pytest.importorskip("ultralytics", reason="ultralytics is not installed (pip install .[compat])")
+    from detector.predict import predict_image
+
+    rgb = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # no resize: both letterboxes agree
+    image_path = root / "square.png"
+    cv2.imwrite(str(image_path), rgb[..., ::-1])
+    ours = predict_image(load_predictor(nms_export.path.parent), rgb, 64, CONF, IOU)
+    result = ultralytics.YOLO(str(nms_export.path.parent), task="detect").predict(
+        str(image_path), conf=CONF, iou=IOU, imgsz=64, verbose=False)[0]
+    assert result.names == dict(enumerate(NAMES))
+    got = {"boxes": result.boxes.xyxy, "scores": result.boxes.conf, "labels": result.boxes.cls.long()}
+    assert len(got["scores"]) == len(ours["scores"]) > 0
+    assert (got["labels"].sort().values == ours["labels"].sort().values).all()
+    assert detection_difference([ours], [got]) < 5
