@@ -57,13 +57,13 @@ def deploy_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
                        data_given: bool = False) -> DeployReport:
     """configs/export.yaml's keys -> ``deploy_and_check`` (``format``, ``int8``, ``calib_images``,
     ``int8_ap``, ``data`` as documented there; the others as for ONNX)."""
-    from detector.export.openvino import model_folder
+    from detector.export.openvino import check_output_folder, model_folder
 
     fmt, int8 = str(cfg.get("format", "onnx")), bool(cfg.get("int8", False))
     check_format(fmt, int8)
     imgsz = int(cfg.imgsz or train_cfg.get("imgsz", 640))
     if fmt == "openvino":
-        output = model_folder(cfg.output, run_dir, f"{stem}_int8" if int8 else stem)
+        output = check_output_folder(model_folder(cfg.output, run_dir, f"{stem}_int8" if int8 else stem))
     else:
         output = Path(cfg.output) if cfg.output else Path(run_dir) / f"{stem}{'_int8' if int8 else ''}.onnx"
     calibration = evaluate = None
@@ -141,7 +141,7 @@ def deploy_and_check(model, output: str | os.PathLike, *, fmt: str = "openvino",
 
     int8 = calibration is not None
     check_format(fmt, int8)
-    output = Path(output)
+    output = openvino.check_output_folder(output) if fmt == "openvino" else Path(output)
     with tempfile.TemporaryDirectory(prefix="detector-export-") as tmp:
         try:
             onnx_path = onnx_export.export_onnx(model, Path(tmp) / f"{stem}.onnx", imgsz=imgsz, dynamic=dynamic,

@@ -114,7 +114,7 @@ def save_model(model, folder: str | os.PathLike, stem: str, metadata: dict[str, 
     holds ultralytics' keys; they also go to ``metadata.yaml``, the file ultralytics' AutoBackend
     reads beside an OpenVINO model."""
     ov = require("openvino")
-    folder = Path(folder)
+    folder = check_output_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     set_metadata(model, metadata)
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")  # mkdir, not mkdtemp: the umask's mode
@@ -156,6 +156,25 @@ def ultralytics_sidecar(metadata: dict[str, str]) -> str:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             values[key] = text
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if a model may be written there: a new folder, or an earlier model's (replaced);
+    never one holding anything else. Raises OpenVinoModelError."""
+    folder = Path(folder)
+    if folder.suffix.lower() in (".xml", ".bin", ".onnx"):
+        raise OpenVinoModelError(f"output={folder}: format=openvino writes a folder (its .xml and .bin inside); "
+                                 f"name the folder, e.g. output={folder.with_suffix('')}{FOLDER_SUFFIX}")
+    if folder.exists() and not is_model_folder(folder):  # never move aside a folder that holds anything else
+        raise OpenVinoModelError(f"output={folder} exists and holds other files than an OpenVINO model; "
+                                 "give a new folder (an earlier model's folder is replaced)")
+    return folder
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but OpenVINO model files (.xml, .bin, metadata.yaml)."""
+    return folder.is_dir() and all(p.is_file() and (p.suffix in (".xml", ".bin") or p.name == "metadata.yaml")
+                                   for p in folder.iterdir())
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

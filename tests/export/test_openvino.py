@@ -177,6 +177,17 @@ def test_another_input_size_than_exported_is_refused(nms_export, root):
                           f"data.root={root / 'shapes'}", f"hydra.run.dir={root / 'val_96'}"], tasks.evaluate)
 
 
+def test_output_must_be_a_new_or_model_folder(model, root):
+    with pytest.raises(OpenVinoModelError, match="format=openvino writes a folder"):
+        deploy_and_check(model, root / "model.xml", imgsz=64, latency_runs=0)
+    busy = root / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    with pytest.raises(OpenVinoModelError, match="holds other files than an OpenVINO model"):
+        deploy_and_check(model, busy, imgsz=64, latency_runs=0)
+    assert (busy / "notes.txt").read_text() == "keep me"
+
+
 def test_without_openvino_the_error_names_the_extra(model, dynamic_export, monkeypatch, root):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
     extra = r'needs the openvino package: pip install "detector\[openvino\]"'
