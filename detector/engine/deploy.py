@@ -20,10 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from detector.engine.exporting import ExportError, ExportReport, parity_images
+from detector.engine.exporting import ExportError, ExportReport, parity_differences, parity_images
 
 log = logging.getLogger("detector")
 
@@ -215,17 +214,11 @@ def _quantize_onnx_atomically(onnx_path: Path, output: Path, calibration, metada
 def _check(model, session, path: Path, fmt: str, imgsz: int, dynamic: bool, nms: bool, image, latency_runs: int,
            size: int) -> DeployReport:
     """The parity and latency lines of ``session`` (the model as written) against PyTorch."""
-    from detector.export.onnx import max_difference
     from detector.timing import median_ms
 
     runtime = _runtime(fmt)
     images = parity_images(image, imgsz)  # [1, 3, imgsz, imgsz]
-    report = DeployReport(path, {f"1x{imgsz}x{imgsz}": max_difference(model, session, images)}, format=fmt,
-                          size_bytes=size)
-    if dynamic:  # another batch and a non-square size through the same file
-        height = max(32, imgsz // 64 * 32)
-        report.differences[f"2x{height}x{imgsz}"] = max_difference(model, session,
-                                                                   np.repeat(images[:, :, :height], 2, 0))
+    report = DeployReport(path, parity_differences(model, session, images, dynamic), format=fmt, size_bytes=size)
     compared = "detections" if nms else "predictions"
     for shape, diff in report.differences.items():
         log.info("max abs diff %s vs pytorch (%s, %s): %.3g", runtime, compared, shape, diff)

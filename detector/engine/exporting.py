@@ -44,6 +44,19 @@ def parity_images(image_path: str | os.PathLike | None, imgsz: int) -> np.ndarra
     return to_input_batch(image, imgsz)[0]
 
 
+def parity_differences(model, session, images: np.ndarray, dynamic: bool) -> dict[str, float]:
+    """{"1x320x320": max abs difference, ...} of ``session`` (an exported model) against PyTorch on
+    ``images`` [1, 3, S, S]; with ``dynamic``, also a batch of 2 at a non-square size through the same file."""
+    from detector.export.onnx import max_difference
+
+    imgsz = images.shape[-1]
+    differences = {f"1x{imgsz}x{imgsz}": max_difference(model, session, images)}
+    if dynamic:
+        height = max(32, imgsz // 64 * 32)
+        differences[f"2x{height}x{imgsz}"] = max_difference(model, session, np.repeat(images[:, :, :height], 2, 0))
+    return differences
+
+
 def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dynamic: bool = False,
                      nms: bool = False, conf: float = 0.25, iou: float = 0.7, max_det: int = 100, opset: int = 17,
                      image: str | os.PathLike | None = None, tolerance: float = 1e-3,
@@ -52,7 +65,7 @@ def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dyna
     Keywords as in configs/export.yaml. Raises ExportError with a message for the user."""
     import onnx
 
-    from detector.export.onnx import OnnxDetector, check_onnx, describe, export_onnx, max_difference, ort_latency_ms
+    from detector.export.onnx import OnnxDetector, check_onnx, describe, export_onnx, ort_latency_ms
 
     try:
         path = export_onnx(model, output, imgsz=imgsz, dynamic=dynamic, nms=nms, conf=conf, iou=iou,
@@ -66,11 +79,7 @@ def export_and_check(model, output: str | os.PathLike, *, imgsz: int = 640, dyna
     log.info("onnx.checker: ok")
     session = OnnxDetector(path)
     images = parity_images(image, imgsz)  # [1, 3, imgsz, imgsz]
-    report = ExportReport(path, {f"1x{imgsz}x{imgsz}": max_difference(model, session, images)})
-    if dynamic:  # another batch and a non-square size through the same file
-        height = max(32, imgsz // 64 * 32)
-        report.differences[f"2x{height}x{imgsz}"] = max_difference(model, session,
-                                                                   np.repeat(images[:, :, :height], 2, 0))
+    report = ExportReport(path, parity_differences(model, session, images, dynamic))
     compared = "detections" if nms else "predictions"
     for shape, diff in report.differences.items():
         log.info("max abs diff onnxruntime vs pytorch (%s, %s): %.3g", compared, shape, diff)
