@@ -175,8 +175,14 @@ def test_ctrl_c_writes_last_pt_before_exiting(tmp_path):
 
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *tiny_args(tmp_path, run_dir, "epochs=5000")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # A child inherits an ignored SIGINT (a background job of a non-interactive shell has one) and Python then
+    # installs no KeyboardInterrupt: spawned while this process catches SIGINT, the child starts with the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         for line in proc.stdout:  # wait until the loop is about to start
             if "run folder:" in line:

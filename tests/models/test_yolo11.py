@@ -206,17 +206,20 @@ def test_fused_equals_unfused(yolo11n):
 def test_onnx_export_traces_the_attention_at_any_size(yolo11n, tmp_path):
     """Exported at 64x64 with dynamic axes, run at 96x128: the attention's H * W is not baked into the graph.
     onnxruntime is within float32 rounding of the exact (float64) output: at most twice PyTorch's own
-    float32 error, or 1e-4 of the outputs' magnitude (pixels up to the image size), whichever is larger."""
+    float32 error, or 1e-4 of the outputs' magnitude (pixels up to the image size; 1 for the scores),
+    whichever is larger, for the boxes and the scores each."""
     pytest.importorskip("onnxruntime")
     from detector.export import OnnxDetector, export_onnx
 
     detector = OnnxDetector(export_onnx(yolo11n, tmp_path / "yolo11n.onnx", imgsz=64, dynamic=True))
+    generator = torch.Generator().manual_seed(0)  # the same images whatever ran before on this worker
     for shape in ((1, 3, 64, 64), (2, 3, 96, 128)):
-        images = torch.rand(*shape)
+        images = torch.rand(*shape, generator=generator)
         with torch.no_grad():
             single = yolo11n(images).numpy()
             exact = copy.deepcopy(yolo11n).double()(images.double()).numpy()
         got = detector(images.numpy())["predictions"]
         assert got.shape == single.shape == (shape[0], sum(shape[2] * shape[3] // s ** 2 for s in (8, 16, 32)), 7)
-        assert np.abs(got - exact).max() <= max(2 * np.abs(single - exact).max(), 1e-4 * np.abs(exact).max())
-        assert np.abs(got[..., 4:] - exact[..., 4:]).max() < 1e-4
+        for part in (np.s_[..., :4], np.s_[..., 4:]):
+            bound = max(2 * np.abs(single[part] - exact[part]).max(), 1e-4 * max(np.abs(exact[part]).max(), 1.0))
+            assert np.abs(got[part] - exact[part]).max() <= bound, part
