@@ -1,4 +1,4 @@
-"""Ours against ultralytics' YOLOv8 on the same data.yaml and budget, scored by one evaluator.
+"""Ours against ultralytics' YOLOv8 or YOLO11 on the same data.yaml and budget, scored by one evaluator.
 
 ``run_compare`` checks the data.yaml (both readers' rules) and lets ultralytics train one epoch on
 four of its images (a missing dependency of ultralytics, a bad ``--ultralytics`` setting or a set it
@@ -332,7 +332,7 @@ def _evaluate(result: Result, ckpt: Path, data_yaml: Path, budget: Budget, run_d
 
 def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours_extra: list[str] = (),
                 ultralytics_extra: dict | None = None, runner=subprocess.run, log=print) -> list[Result]:
-    """Check, train ours, train YOLOv8, convert, evaluate both; returns [ours, YOLOv8]."""
+    """Check, train ours, train ultralytics' model, convert, evaluate both; returns [ours, theirs]."""
     info = check_data_yaml(data_yaml)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +341,7 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     images, epochs = info["train_images"], budget.epochs
     log(f"{info['yaml']}: {images} train / {info['val_images']} val images, {len(info['names'])} classes; "
         f"{epochs} epochs at {budget.imgsz} px, batch {budget.batch}, workers {budget.workers}, seed {budget.seed}")
-    log("a trial epoch of YOLOv8 on 4 images ...")
+    log(f"a trial epoch of ultralytics' {budget.ultralytics_name} on 4 images ...")
     preflight_ultralytics(info, budget, out, ultralytics_extra, runner)
 
     log("training ours ...")
@@ -350,7 +350,7 @@ def run_compare(data_yaml: str | Path, budget: Budget, out_dir: str | Path, ours
     ours = ours_outcome(out / "ours", code, output, images, epochs)
     ours.name, ours.wall_s = f"ours ({budget.scale})", wall  # "ours (n)": the scale as given
 
-    log("training YOLOv8 (ultralytics) ...")
+    log(f"training {budget.ultralytics_name} (ultralytics) ...")
     command = ultralytics_train_command(resolved, budget, out / "ultralytics", ultralytics_extra)
     code, output, wall = _run(command, out / "ultralytics_train.log", runner, cwd=out)  # anything it drops lands here
     save_dir = out / "ultralytics" / "train"

@@ -1,12 +1,13 @@
-"""Ours against ultralytics' YOLOv8 on your data, same budget, one evaluator.
+"""Ours against ultralytics' YOLOv8 or YOLO11 on your data, same budget, one evaluator.
 
     PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 60 --imgsz 320 --batch 16
+    PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 60 --model yolo11n
     PYTHONPATH=/path/to/ultralytics detector compare data.yaml --epochs 10 --pretrained yolov8n.pt
 
-Trains ours and YOLOv8 (from yolov8<scale>.yaml, no weights; or both from the same ultralytics
-checkpoint with --pretrained, the way most users train) one after the other on the same
-ultralytics data.yaml with the same epochs, imgsz, batch, workers and seed, converts YOLOv8's
-best.pt with ``detector convert``, evaluates both best.pt with ``detector val`` and prints one table:
+Trains ours and ultralytics' model (from <name>.yaml, no weights: yolov8n unless --model; or both
+from the same ultralytics checkpoint with --pretrained, the way most users train) one after the
+other on the same ultralytics data.yaml with the same epochs, imgsz, batch, workers and seed,
+converts ultralytics' best.pt with ``detector convert``, evaluates both best.pt with ``detector val`` and prints one table:
 AP, AP50, AP75, score-IoU Spearman, wall time, training images/s. ultralytics (AGPL) is not a
 dependency: it must be importable for this tool only. Run folders go to --out.
 """
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="n", help="n s m l x (YOLOv8) or a model name: yolov8s, yolo11n, ... "
                         "(ours model=<name>, ultralytics <name>.yaml)")
     parser.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
-                        help="an ultralytics YOLOv8 detection .pt both start from (ours through the safe importer); "
+                        help="an ultralytics YOLOv8 or YOLO11 detection .pt both start from (ours through the safe importer); "
                              "its scale is used")
     parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="extra detector train overrides")
     parser.add_argument("--ultralytics", nargs="*", default=[], metavar="KEY=VALUE", help="extra YOLO.train arguments")
