@@ -18,9 +18,9 @@ checkpoint's own data set is used; without a checkpoint an untrained n (80 class
 and calibrated on generated shapes pictures, and no AP is given. The "vs" column: INT8 rows
 against the same runtime's float row; ultralytics' rows: ours against theirs, same runtime.
 
-When ultralytics is importable, ``YOLO("yolov8n.yaml")`` (random weights, no download) is
-exported with its own exporter to ONNX and OpenVINO and timed in the same rounds; latency and
-size only (a benchmark-only comparison: ultralytics is never imported by the library).
+When ultralytics is importable, its model of the same name (``YOLO("yolov8n.yaml")`` for a
+yolov8n checkpoint, ``yolo11n.yaml`` for a yolo11n one; random weights, no download) is exported
+with its own exporter to ONNX and OpenVINO and timed in the same rounds; latency and size only (a benchmark-only comparison: ultralytics is never imported by the library).
 """
 from __future__ import annotations
 
@@ -100,8 +100,9 @@ def exports(model, folder: Path, imgsz: int, calibration) -> list[tuple[str, str
     return made
 
 
-def ultralytics_exports(folder: Path, imgsz: int) -> list[tuple[str, str, object, Path]]:
-    """ultralytics' own ONNX and OpenVINO exports of a random-weight YOLOv8n: (name, runtime, run, path)."""
+def ultralytics_exports(folder: Path, imgsz: int, name: str) -> list[tuple[str, str, object, Path]]:
+    """ultralytics' own ONNX and OpenVINO exports of its random-weight ``name`` (yolov8n, yolo11n, ...):
+    (row name, runtime, run, path)."""
     try:
         from ultralytics import YOLO
     except ImportError:
@@ -115,8 +116,8 @@ def ultralytics_exports(folder: Path, imgsz: int) -> list[tuple[str, str, object
     os.chdir(folder)  # its exporter writes next to the model's name, in the working folder
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            onnx_path = Path(YOLO("yolov8n.yaml").export(format="onnx", imgsz=imgsz, simplify=False, verbose=False))
-            ov_folder = Path(YOLO("yolov8n.yaml").export(format="openvino", imgsz=imgsz, verbose=False))
+            onnx_path = Path(YOLO(f"{name}.yaml").export(format="onnx", imgsz=imgsz, simplify=False, verbose=False))
+            ov_folder = Path(YOLO(f"{name}.yaml").export(format="openvino", imgsz=imgsz, verbose=False))
     finally:
         os.chdir(cwd)
     onnx_path, ov_folder = folder / onnx_path.name, folder / ov_folder.name
@@ -125,8 +126,8 @@ def ultralytics_exports(folder: Path, imgsz: int) -> list[tuple[str, str, object
     compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    return [("ultralytics YOLOv8n ONNX", "onnxruntime", lambda x: session.run(None, {"images": x}), onnx_path),
-            ("ultralytics YOLOv8n OpenVINO", "OpenVINO", lambda x: request.infer([x]), xml)]
+    return [(f"ultralytics {name} ONNX", "onnxruntime", lambda x: session.run(None, {"images": x}), onnx_path),
+            (f"ultralytics {name} OpenVINO", "OpenVINO", lambda x: request.infer([x]), xml)]
 
 
 def size_mib(path: Path) -> float:
@@ -167,7 +168,7 @@ def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, i
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         folder = Path(tmp)
         ours = exports(model, folder, imgsz, calibration)
-        theirs = ultralytics_exports(folder, imgsz)
+        theirs = ultralytics_exports(folder, imgsz, model.name)
         torch_model = _fused(model)
         checkpoint = Path(ckpt) if ckpt else _saved(model, folder)
 
@@ -197,7 +198,7 @@ def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, i
             ours_row = by_name["ONNX" if name.endswith("ONNX") else "OpenVINO FP32"]
             row["vs"] = f"ours {ours_row['ms'] / row['ms']:.2f}x"
     for row in rows:
-        row.update({"imgsz": imgsz, "model": source if not row["format"].startswith("ultralytics") else "yolov8n.yaml"})
+        row.update({"imgsz": imgsz, "model": source if not row["format"].startswith("ultralytics") else f"{model.name}.yaml"})
     if splits is not None:
         rows[0]["calib_images"] = len(calibration)
     return rows
