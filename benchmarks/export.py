@@ -20,7 +20,8 @@ against the same runtime's float row; ultralytics' rows: ours against theirs, sa
 
 When ultralytics is importable, its model of the same name (``YOLO("yolov8n.yaml")`` for a
 yolov8n checkpoint, ``yolo11n.yaml`` for a yolo11n one; random weights, no download) is exported
-with its own exporter to ONNX and OpenVINO and timed in the same rounds; latency and size only (a benchmark-only comparison: ultralytics is never imported by the library).
+with its own exporter to ONNX and OpenVINO and timed in the same rounds; latency and size only
+(a benchmark-only comparison: ultralytics is never imported by the library).
 """
 from __future__ import annotations
 
@@ -198,7 +199,8 @@ def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, i
             ours_row = by_name["ONNX" if name.endswith("ONNX") else "OpenVINO FP32"]
             row["vs"] = f"ours {ours_row['ms'] / row['ms']:.2f}x"
     for row in rows:
-        row.update({"imgsz": imgsz, "model": source if not row["format"].startswith("ultralytics") else f"{model.name}.yaml"})
+        theirs_row = row["format"].startswith("ultralytics")
+        row.update({"imgsz": imgsz, "model": f"{model.name}.yaml" if theirs_row else source})
     if splits is not None:
         rows[0]["calib_images"] = len(calibration)
     return rows

@@ -7,9 +7,10 @@
 Trains ours and ultralytics' model (from <name>.yaml, no weights: yolov8n unless --model; or both
 from the same ultralytics checkpoint with --pretrained, the way most users train) one after the
 other on the same ultralytics data.yaml with the same epochs, imgsz, batch, workers and seed,
-converts ultralytics' best.pt with ``detector convert``, evaluates both best.pt with ``detector val`` and prints one table:
-AP, AP50, AP75, score-IoU Spearman, wall time, training images/s. ultralytics (AGPL) is not a
-dependency: it must be importable for this tool only. Run folders go to --out.
+converts ultralytics' best.pt with ``detector convert``, evaluates both best.pt with ``detector val``
+and prints one table: AP, AP50, AP75, score-IoU Spearman, wall time, training images/s.
+ultralytics (AGPL) is not a dependency: it must be importable for this tool only. Run folders go to
+--out.
 """
 import argparse
 import sys
@@ -34,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="n", help="n s m l x (YOLOv8) or a model name: yolov8s, yolo11n, ... "
                         "(ours model=<name>, ultralytics <name>.yaml)")
     parser.add_argument("--pretrained", type=Path, default=None, metavar="PATH",
-                        help="an ultralytics YOLOv8 or YOLO11 detection .pt both start from (ours through the safe importer); "
-                             "its scale is used")
+                        help="an ultralytics YOLOv8 or YOLO11 detection .pt both start from (ours through the "
+                             "safe importer); its scale is used")
     parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE", help="extra detector train overrides")
     parser.add_argument("--ultralytics", nargs="*", default=[], metavar="KEY=VALUE", help="extra YOLO.train arguments")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/compare/<date>)")
