@@ -4,6 +4,7 @@ corrupt .xml/.bin pair, another input size, openvino not installed)."""
 import copy
 import json
 import sys
+from importlib.util import find_spec
 
 import cv2
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-pytest.importorskip("openvino", reason='the OpenVINO tests need the openvino extra: pip install -e ".[openvino]"')
+if find_spec("openvino") is None:  # find_spec: this process may hand them to another (conftest.py)
+    pytest.skip('the OpenVINO tests need the openvino extra: pip install -e ".[openvino]"', allow_module_level=True)
 
 from detector.data.synthetic import NAMES  # noqa: E402
 from detector.engine import tasks  # noqa: E402
@@ -22,6 +24,8 @@ from detector.export import detection_difference, nms_outputs_to_detections  # n
 from detector.export.openvino import (MissingExtraError, OpenVinoDetector, OpenVinoModelError,  # noqa: E402
                                       read_metadata)
 from detector.predict import load_predictor, resolve_imgsz  # noqa: E402
+
+pytestmark = pytest.mark.openvino  # run in a process of their own (tests/conftest.py)
 
 CONF, IOU, MAX_DET = 0.25, 0.7, 20
 DETECTION_TOLERANCE = 0.05  # px and scores: float32 noise on boxes of hundreds of px (tests/export/test_onnx.py)
