@@ -1,7 +1,5 @@
 """Shared test fixtures. Test modules cannot import each other (pytest's importlib mode), so
 shared helpers are handed out as fixtures (or live in tests/cli_runner.py and tests/reference/)."""
-import os
-
 import pytest
 import torch
 
@@ -15,8 +13,8 @@ torch.set_num_threads(1)
 # The tests marked ``openvino`` (the OpenVINO and INT8 export tests) run in a pytest process of their own when a
 # session selects other tests too: after them, the same process crashed later, in unrelated tests (a segmentation
 # fault in CPython's eval loop, corrupted objects; seen with openvino 2026.4.1 beside torch 2.14, not found in our
-# code). tests/export/test_openvino_process.py runs them there and fails with their output if any fails.
-OPENVINO_CHILD = "DETECTOR_TESTS_OPENVINO_CHILD"  # set in that process: run the marked tests in-process
+# code). tests/export/test_openvino_process.py runs them there (a session of only those tests, so they stay in it)
+# and fails with their output if any fails.
 OPENVINO_RUNNER = "test_openvino_process.py::test_the_openvino_tests_pass_in_a_process_of_their_own"
 OPENVINO_ITEMS = pytest.StashKey[list]()
 
@@ -25,8 +23,7 @@ OPENVINO_ITEMS = pytest.StashKey[list]()
 def pytest_collection_modifyitems(config, items):
     marked = [item for item in items if item.get_closest_marker("openvino")]
     runner = any(item.nodeid.endswith(OPENVINO_RUNNER) for item in items)
-    config.stash[OPENVINO_ITEMS] = []
-    if not marked or len(marked) == len(items) or not runner or os.environ.get(OPENVINO_CHILD):
+    if not marked or len(marked) == len(items) or not runner:
         return  # only those tests (or the runner is not selected): they run here
     config.stash[OPENVINO_ITEMS] = [item.nodeid for item in marked]
     items[:] = [item for item in items if not item.get_closest_marker("openvino")]

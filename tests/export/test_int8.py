@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-if find_spec("openvino") is None or find_spec("nncf") is None:  # find_spec: this process may hand them to another (conftest.py)
+if find_spec("openvino") is None or find_spec("nncf") is None:  # find_spec: may run elsewhere (conftest.py)
     pytest.skip('the INT8 tests need the openvino extra: pip install -e ".[openvino]"', allow_module_level=True)
 
 from detector.data.synthetic import NAMES  # noqa: E402
