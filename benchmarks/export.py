@@ -209,7 +209,7 @@ def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, i
 def _fused(model):
     import copy
 
-    return copy.deepcopy(model).eval().fuse()
+    return copy.deepcopy(model).for_inference()
 
 
 def _saved(model, folder: Path) -> Path:

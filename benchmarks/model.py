@@ -13,7 +13,8 @@ One row per model, 80 classes:
   own figure for its model (thop through ``ultralytics.utils.torch_utils.get_flops``, what
   ``model.info()`` prints and the yaml comments quote).
 - PyTorch CPU latency at 640, batch 1 (models of ``LATENCY_SCALES``): both fused, eval mode, forward
-  plus decode (no NMS), in ``ROUNDS`` interleaved rounds (the order alternates, so drift on a shared
+  plus decode (no NMS), each as its own predict runs it (ours ``for_inference``: NHWC weights; an
+  NCHW input, as both are handed), in ``ROUNDS`` interleaved rounds (the order alternates, so drift on a shared
   machine hits both alike); each figure is the median over rounds of a round's median.
 - onnxruntime CPU latency (models of ``ONNX_MODELS``): ours exported by
   ``detector.export.onnx.export_onnx`` (raw graph, ``predictions [1, A, 4 + C]``), theirs by
@@ -89,7 +90,7 @@ def size_row(name: str) -> tuple[dict, torch.nn.Module, torch.nn.Module | None]:
 
 def pytorch_latency(row: dict, ours, theirs, rounds: int, runs: int) -> None:
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
-    calls = {"ours": ours.fuse().eval()}
+    calls = {"ours": ours.for_inference()}
     if theirs is not None:
         calls["ultralytics"] = theirs.fuse(verbose=False).eval()
     with torch.inference_mode():

@@ -39,7 +39,7 @@ def main(argv=None) -> list[dict]:
         splits = yolo_splits(data_yaml=str(root / "coco128.yaml"))  # its val is train2017
     else:
         splits = instantiate(OmegaConf.create(train_cfg["data"]))
-    fused = copy.deepcopy(model).eval().fuse()
+    fused = copy.deepcopy(model).for_inference()
     cfg = OmegaConf.create({"imgsz": imgsz, "val_batch_size": 16, "workers": 0})
     times: dict[bool, list[float]] = {False: [], True: []}
     results = {}

@@ -61,11 +61,11 @@ def list_images(source: str | os.PathLike) -> list[Path]:
 
 
 class TorchPredictor:
-    """A DetectionModel (fused, eval) on a device. ``names`` from the checkpoint; ``imgsz`` its training size."""
+    """A DetectionModel (``for_inference``: fused, eval, NHWC) on a device. ``names`` from the checkpoint; ``imgsz`` its training size."""
 
     def __init__(self, model, device: torch.device | str = "cpu", imgsz: int | None = None):
         self.device = torch.device(device)
-        self.model = model.eval().fuse().to(self.device)
+        self.model = model.for_inference(self.device)
         self.names = list(getattr(model, "names", []))
         self.imgsz = imgsz
         self.fixed_size = None

@@ -63,7 +63,7 @@ def evaluate_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str |
                               rect=bool(cfg.get("rect", False)))
     device = resolve_device(cfg.device)
     # an exported model (detector.predict.OnnxPredictor) runs as it is, on its own runtime
-    fused = copy.deepcopy(model).eval().fuse().to(device) if isinstance(model, torch.nn.Module) else model
+    fused = copy.deepcopy(model).for_inference(device) if isinstance(model, torch.nn.Module) else model
     result = evaluate(fused, loader, splits.val_ann_file, list(splits.val.category_ids), device=device,
                       conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, backend=cfg.backend)
     # a val set without labelled boxes, and val images left out, are said by evaluate (once)

@@ -260,14 +260,14 @@ def red_set(root, count=4):
 
 
 class FusableRedBoxes(torch.nn.Module):
-    """The red-box detector as evaluate_from_config takes a model: a class count and fuse()."""
+    """The red-box detector as evaluate_from_config takes a model: a class count and for_inference()."""
     num_classes = 1
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
 
-    def fuse(self):
+    def for_inference(self, device=None):
         return self
 
     def predict(self, images, **kwargs):

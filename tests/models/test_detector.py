@@ -86,6 +86,22 @@ def test_fused_equals_unfused():
     assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
 
 
+def test_for_inference_is_fused_channels_last_and_gives_the_same_predictions():
+    torch.manual_seed(2)
+    model = build_model("yolo11n", num_classes=3).eval()
+    x = torch.rand(2, 3, 64, 96)  # NCHW, as the loaders hand it over
+    with torch.no_grad():
+        before = model(x)
+        prepared = model.for_inference("cpu")
+        after = prepared(x)
+    assert prepared is model and not model.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert after.shape == before.shape == (2, 8 * 12 + 4 * 6 + 2 * 3, 4 + 3)  # anchors at strides 8, 16, 32
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+
+
 def test_every_parameter_gets_a_gradient():
     model = build_model("n", num_classes=3).train()
     out = model(torch.rand(2, 3, 64, 64))
