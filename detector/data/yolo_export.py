@@ -29,7 +29,8 @@ def yolo_lines(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -
                    for c, (x, y, w, h) in zip(labels.tolist(), cxcywh.tolist()))
 
 
-def _link(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` a symbolic link to ``source`` (a copy where links cannot be made), replacing what was there."""
     if target.is_symlink() or target.exists():
         target.unlink()
     try:
@@ -57,7 +58,7 @@ def export_split(dataset: DetectionDataset, images_dir: Path, labels_dir: Path, 
             if size is None:
                 raise ValueError(f"{path}: cannot read the image size")
             width, height = size
-        _link(path, images_dir / path.name)
+        link_or_copy(path, images_dir / path.name)
         (labels_dir / f"{path.stem}.txt").write_text(yolo_lines(sample.boxes, sample.labels, width, height))
     return count
 
