@@ -61,9 +61,10 @@ def resolve_recipe(cfg: DictConfig, num_classes: int) -> dict:
     line is kept as given. Returns the resolved values by dotted key."""
     pretrained = bool(cfg.get("pretrained")) and not cfg.get("resume")
     finetune = cfg.get("finetune") or {}
+    nbs = optim.resolve_nbs(cfg.nbs, cfg.batch_size, pretrained, finetune.get("nbs", "auto"))
     resolved = {
-        "nbs": optim.resolve_nbs(cfg.nbs, cfg.batch_size, pretrained, finetune.get("nbs", 64)),
-        "optim.lr": optim.resolve_lr(cfg.optim.lr, num_classes, pretrained, finetune.get("lr_scale", 1.0)),
+        "nbs": nbs,
+        "optim.lr": optim.resolve_lr(cfg.optim.lr, num_classes, pretrained, finetune.get("lr_scale", "auto"), nbs),
         "warmup.momentum": optim.resolve_warmup_momentum(cfg.warmup.momentum, pretrained,
                                                          finetune.get("warmup_momentum")),
     }

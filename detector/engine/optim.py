@@ -40,21 +40,33 @@ def auto_lr(num_classes: int) -> float:
     return round(0.002 * 5 / (4 + num_classes), 6)
 
 
-def resolve_nbs(nbs: int | str, batch_size: int, pretrained: bool, finetune_nbs: int) -> int:
+YOLOV8_NBS = 64  # YOLOv8's nominal batch, whose lr x optimiser steps a run from weights keeps
+
+
+def resolve_nbs(nbs: int | str, batch_size: int, pretrained: bool, finetune_nbs: int | str = "auto") -> int:
     """The nominal batch of a run: ``nbs`` itself, or for ``auto`` ``batch_size`` from scratch (a step per
-    batch: measured ahead of YOLOv8's 64 at small budgets) and ``finetune_nbs`` when starting from weights
-    (a step per batch destroys a pretrained model within an epoch or two: docs/recipe.md)."""
+    batch: measured ahead of YOLOv8's 64 at small budgets) and ``finetune_nbs`` from weights (its
+    ``auto``: ``batch_size`` too, with the lr scaled by ``finetune_lr_scale``)."""
     if nbs != "auto":
         return int(nbs)
-    return int(finetune_nbs) if pretrained else int(batch_size)
+    if pretrained and finetune_nbs != "auto":
+        return int(finetune_nbs)
+    return int(batch_size)
 
 
-def resolve_lr(lr: float | str, num_classes: int, pretrained: bool, finetune_lr_scale: float) -> float:
+def resolve_lr(lr: float | str, num_classes: int, pretrained: bool, finetune_lr_scale: float | str = "auto",
+               nbs: int = YOLOV8_NBS) -> float:
     """The initial lr of a run: ``lr`` itself, or for ``auto`` ``auto_lr(num_classes)``, times
-    ``finetune_lr_scale`` when starting from weights (rounded to 6 decimals, as ``auto_lr``)."""
+    ``finetune_lr_scale`` when starting from weights (rounded to 6 decimals, as ``auto_lr``). Its ``auto``
+    is min(1, nbs / 64): a step every ``nbs`` images at that fraction of the lr moves the weights as far
+    as YOLOv8's steps every 64 images do, in smaller steps (a step per batch at the full lr collapsed a
+    pretrained model; a quarter of it at batch 16 did not, and ended higher: docs/recipe.md)."""
     if lr != "auto":
         return float(lr)
-    return round(auto_lr(num_classes) * (float(finetune_lr_scale) if pretrained else 1.0), 6)
+    if not pretrained:
+        return auto_lr(num_classes)
+    scale = min(1.0, nbs / YOLOV8_NBS) if finetune_lr_scale == "auto" else float(finetune_lr_scale)
+    return round(auto_lr(num_classes) * scale, 6)
 
 
 WARMUP_MOMENTUM = 0.8  # YOLOv8's warmup_momentum: where momentum (AdamW: beta1) starts a run from scratch

@@ -182,9 +182,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, rank: int, worl
                  type(optimizer).__name__, optimizer.param_groups[0]["initial_lr"])
         steps = steps_per_epoch(len(train_set), cfg.batch_size * world_size, accumulate)
         if steps < FEW_STEPS and cfg.get("pretrained") and not cfg.resume:
-            log.info("an epoch is %d optimiser step%s (accumulate %d): from weights, nbs %d keeps the steps "
-                     "few and large so that the pretrained features survive (docs/recipe.md)", steps,
-                     "s" * (steps != 1), accumulate, cfg.nbs)
+            log.info("an epoch is %d optimiser step%s (accumulate %d, nbs %d, lr %g): few, from weights, where the "
+                     "pretrained features carry the run (docs/recipe.md#starting-from-weights)", steps,
+                     "s" * (steps != 1), accumulate, cfg.nbs, optimizer.param_groups[0]["initial_lr"])
         elif steps < FEW_STEPS:
             log.warning("an epoch is only %d optimiser step%s (%d training images at batch_size %d x %d process(es), "
                         "accumulate %d): %d updates in all, too few to learn from; use a smaller batch_size, "

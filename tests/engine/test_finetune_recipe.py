@@ -36,22 +36,27 @@ def test_from_scratch_keeps_a_step_per_batch_at_the_auto_lr():
     assert cfg.warmup.epochs == 3.0 and cfg.warmup.momentum == 0.8 and cfg.ema.tau == 2000
 
 
-def test_from_weights_accumulates_to_64_at_the_finetune_lr():
+def test_from_weights_steps_every_batch_at_the_lr_share_of_64():
     cfg, values, accumulate, weight_decay = resolved(["pretrained=start.pt"])
-    assert cfg.finetune.nbs == 64 and cfg.finetune.lr_scale == 1.0
-    assert values == {"nbs": 64, "optim.lr": 0.002, "warmup.momentum": None}  # no beta1 warmup
-    assert accumulate == 4 and weight_decay == pytest.approx(0.0005)  # 0.0005 x 16 x 4 / 64
-    assert resolved(["pretrained=start.pt", "batch_size=8"])[2] == 8
-    assert resolved(["pretrained=start.pt"], num_classes=80)[1]["optim.lr"] == 0.000119
+    assert cfg.finetune.nbs == "auto" and cfg.finetune.lr_scale == "auto"
+    # batch 16 of YOLOv8's 64: a step per batch at a quarter of the lr (0.002 x 16 / 64), no beta1 warmup
+    assert values == {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": None}
+    assert accumulate == 1 and weight_decay == pytest.approx(0.0005)  # 0.0005 x 16 x 1 / 16; AdamW scales it by lr
+    assert resolved(["pretrained=start.pt", "batch_size=8"])[1]["optim.lr"] == 0.00025
+    assert resolved(["pretrained=start.pt", "batch_size=128"])[1] == {"nbs": 128, "optim.lr": 0.002, "warmup.momentum": None}
+    assert resolved(["pretrained=start.pt"], num_classes=80)[1]["optim.lr"] == 0.00003  # 0.000119 / 4, 6 decimals
 
 
 def test_finetune_keys_and_explicit_values_win():
     assert resolved(["pretrained=start.pt", "finetune.nbs=32", "finetune.lr_scale=0.5",
                      "finetune.warmup_momentum=0.85"])[1] == {"nbs": 32, "optim.lr": 0.001, "warmup.momentum": 0.85}
+    assert resolved(["pretrained=start.pt", "finetune.nbs=32"])[1]["optim.lr"] == 0.001  # lr_scale auto: 32 / 64
+    # YOLOv8's nominal batch given: the full lr, a step every 4 batches (the recipe before this rule)
+    assert resolved(["pretrained=start.pt", "nbs=64"])[1] == {"nbs": 64, "optim.lr": 0.002, "warmup.momentum": None}
     assert resolved(["pretrained=start.pt", "nbs=16", "optim.lr=0.0005", "warmup.momentum=0.8"])[1] == \
         {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": 0.8}
     assert resolved(["pretrained=start.pt", "optim=sgd"])[1] == \
-        {"nbs": 64, "optim.lr": 0.01, "warmup.momentum": None}  # a number: kept
+        {"nbs": 16, "optim.lr": 0.01, "warmup.momentum": None}  # a number: kept
     assert resolved(["warmup.momentum=null"])[1]["warmup.momentum"] is None
     assert resolved(["experiment=yolov8_coco", "data.root=/nonexistent"], num_classes=80)[1] == \
         {"nbs": 64, "optim.lr": 0.01, "warmup.momentum": 0.8}  # the COCO recipe sets its own nbs from scratch
@@ -65,9 +70,13 @@ def test_a_resume_keeps_the_scratch_resolution_of_auto():
 def test_resolvers_by_hand():
     assert resolve_nbs("auto", 16, pretrained=False, finetune_nbs=64) == 16
     assert resolve_nbs("auto", 16, pretrained=True, finetune_nbs=64) == 64
+    assert resolve_nbs("auto", 16, pretrained=True, finetune_nbs="auto") == 16
     assert resolve_nbs(24, 16, pretrained=True, finetune_nbs=64) == 24
     assert resolve_lr("auto", 6, pretrained=False, finetune_lr_scale=0.25) == 0.001
     assert resolve_lr("auto", 6, pretrained=True, finetune_lr_scale=0.25) == 0.00025
+    assert resolve_lr("auto", 6, pretrained=True, finetune_lr_scale="auto", nbs=16) == 0.00025  # x 16 / 64
+    assert resolve_lr("auto", 6, pretrained=True, finetune_lr_scale="auto", nbs=256) == 0.001  # at most x 1
+    assert resolve_lr("auto", 6, pretrained=False, finetune_lr_scale="auto", nbs=16) == 0.001  # scratch: never scaled
     assert resolve_lr(0.01, 6, pretrained=True, finetune_lr_scale=0.25) == 0.01
     assert resolve_warmup_momentum("auto", pretrained=False, finetune_momentum=None) == 0.8
     assert resolve_warmup_momentum("auto", pretrained=True, finetune_momentum=None) is None

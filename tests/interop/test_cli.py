@@ -74,17 +74,17 @@ def tiny_train_args(tmp_path, run_dir, *extra):
 
 def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
     run_dir = tmp_path / "run"
-    # nbs=4: a step per batch, so that the second of the two steps has a learning rate (the first is at lr 0);
-    # from weights nbs would be 64 (finetune.nbs), one step at lr 0 in a 2-batch run, and nothing would move
+    # nbs=4: a step per batch, so that the second of the two steps has a learning rate (the first is at lr 0)
     result = run_cli("train.py", *tiny_train_args(tmp_path, run_dir, f"pretrained={ul_checkpoint}", "freeze=10", "nbs=4"))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     # the class branch keeps the checkpoint's width (80, not n's 64 at 6 classes): only its last conv is new
     assert "loaded 348, re-initialised 6, skipped 0 tensors (checkpoint has 80 classes, the model 6" in log
     assert "freeze=10: 81 parameter tensors frozen" in log
-    assert "starting from weights: nbs 4, optim.lr 0.001, warmup.momentum none (finetune.*" in log  # 6 classes: 0.002 x 5 / 10
+    # 6 classes: 0.002 x 5 / 10 = 0.001, x 4 / 64 for the nominal batch of 4 (finetune.lr_scale auto)
+    assert "starting from weights: nbs 4, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert checkpoint["config"]["nbs"] == 4 and checkpoint["config"]["optim"]["lr"] == 0.001  # what ran, for resume
+    assert checkpoint["config"]["nbs"] == 4 and checkpoint["config"]["optim"]["lr"] == 6.3e-05  # what ran, for resume
     assert checkpoint["model_args"]["cls_width"] == 80 and checkpoint["config"]["model"]["cls_width"] == 80
     from detector.engine.checkpoint import load_checkpoint
 
@@ -99,16 +99,18 @@ def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
 
 
 def test_train_from_weights_runs_the_finetune_recipe(tmp_path, ul_checkpoint):
-    """pretrained= with nbs and optim.lr left at auto: nbs 64 (accumulate 16 at batch 4), the auto lr x
-    finetune.lr_scale, written into the run's config so that a resume rebuilds the same optimiser."""
+    """pretrained= with nbs and optim.lr left at auto: a step per batch (nbs 4 at batch 4) at the auto lr x
+    4 / 64, written into the run's config so that a resume rebuilds the same optimiser."""
     run_dir = tmp_path / "run"
     result = run_cli("train.py", *tiny_train_args(tmp_path, run_dir, f"pretrained={ul_checkpoint}"))
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
-    assert "starting from weights: nbs 64, optim.lr 0.001, warmup.momentum none (finetune.*" in log and "accumulate 16" in log
-    assert "from weights, nbs 64 keeps the steps few and large" in log and "too few to learn from" not in log
+    # 6 classes: 0.002 x 5 / 10 = 0.001, x 4 / 64
+    assert "starting from weights: nbs 4, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
+    assert "accumulate 1" in log and "(accumulate 1, nbs 4, lr 6.3e-05): few, from weights" in log
+    assert "too few to learn from" not in log
     config = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]
-    assert config["nbs"] == 64 and config["optim"]["lr"] == 0.001 and config["warmup"]["momentum"] is None
+    assert config["nbs"] == 4 and config["optim"]["lr"] == 6.3e-05 and config["warmup"]["momentum"] is None
 
 
 def test_train_with_the_wrong_scale_fails_at_start(tmp_path, ul_checkpoint):
