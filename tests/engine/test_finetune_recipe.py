@@ -43,7 +43,8 @@ def test_from_weights_steps_every_batch_at_the_lr_share_of_64():
     assert values == {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": None}
     assert accumulate == 1 and weight_decay == pytest.approx(0.0005)  # 0.0005 x 16 x 1 / 16; AdamW scales it by lr
     assert resolved(["pretrained=start.pt", "batch_size=8"])[1]["optim.lr"] == 0.00025
-    assert resolved(["pretrained=start.pt", "batch_size=128"])[1] == {"nbs": 128, "optim.lr": 0.002, "warmup.momentum": None}
+    assert resolved(["pretrained=start.pt", "batch_size=128"])[1] == \
+        {"nbs": 128, "optim.lr": 0.002, "warmup.momentum": None}  # at least YOLOv8's 64: the full lr
     assert resolved(["pretrained=start.pt"], num_classes=80)[1]["optim.lr"] == 0.00003  # 0.000119 / 4, 6 decimals
 
 
