@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from detector.boxes import make_anchors
-from detector.models.layers import Conv
+from detector.models.layers import Conv, conv2d
 
 
 class HeadOutput(NamedTuple):
@@ -72,11 +72,11 @@ class DecoupledHead(nn.Module):
         cls_width = cls_width or default_cls_width(in_channels, num_classes)
         self.cls_width, self.depthwise_cls = cls_width, depthwise_cls
         self.box_branches = nn.ModuleList(
-            nn.Sequential(Conv(c, box_width, 3), Conv(box_width, box_width, 3), nn.Conv2d(box_width, 4 * reg_max, 1))
+            nn.Sequential(Conv(c, box_width, 3), Conv(box_width, box_width, 3), conv2d(box_width, 4 * reg_max))
             for c in in_channels)
         self.cls_branches = nn.ModuleList(
             nn.Sequential(self._cls_conv(c, cls_width), self._cls_conv(cls_width, cls_width),
-                          nn.Conv2d(cls_width, num_classes, 1))
+                          conv2d(cls_width, num_classes))
             for c in in_channels)
         self.init_biases()
 

@@ -1,5 +1,6 @@
 """Building blocks shared by the architectures: Conv-BN-SiLU (grouped, or without activation), the
-bottleneck, the C2f block, SPPF. Blocks of one architecture only live in its module (yolo11.py).
+pointwise conv it uses for 1x1 kernels, the bottleneck, the C2f block, SPPF. Blocks of one
+architecture only live in its module (yolo11.py).
 
 Channel counts are explicit arguments; the scale multipliers live in each architecture's module.
 """
@@ -7,6 +8,35 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped ``nn.Conv2d`` (same parameters and state-dict keys) that trains as a
+    matrix product on channels-last CPU tensors.
+
+    In NHWC memory a 1x1 conv is ``[N*H*W, C_in] @ weight[C_out, C_in]^T``: the permuted view is
+    already contiguous, so ``F.linear`` runs it as one GEMM, forward and backward. torch's CPU conv
+    takes its slow im2col path for such kernels at batch < 16 on one thread and oneDNN otherwise;
+    the GEMM is faster than both (docs/benchmarks.md, "A training step"). The result is the same
+    tensor up to float rounding, with channels-last strides. Evaluation, export and other devices
+    keep the conv.
+    """
+
+    def __init__(self, c_in: int, c_out: int, bias: bool = True):
+        super().__init__(c_in, c_out, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+def conv2d(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, bias: bool = True) -> nn.Conv2d:
+    """``nn.Conv2d`` with "same" padding; a ``PointwiseConv2d`` where the kernel is 1x1, stride 1, ungrouped."""
+    if kernel == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(c_in, c_out, bias=bias)
+    return nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=bias)
 
 
 class Conv(nn.Module):
@@ -18,7 +48,7 @@ class Conv(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)
+        self.conv = conv2d(c_in, c_out, kernel, stride, groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03)
         # not in place: autograd would copy each input to keep it for the backward
         self.act = nn.SiLU() if act else nn.Identity()

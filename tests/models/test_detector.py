@@ -6,6 +6,7 @@ import torch
 from detector import build_model
 from detector.boxes import bbox2dist, decode_boxes, make_anchors
 from detector.models.head import HeadOutput
+from detector.models.layers import PointwiseConv2d
 from detector.models.summary import model_summary
 
 YOLOV8_PARAMS = {"n": 3_157_200, "s": 11_166_560, "m": 25_900_000, "l": 43_700_000, "x": 68_200_000}
@@ -108,6 +109,45 @@ def test_every_parameter_gets_a_gradient():
     (out.cls_logits.sum() + out.box_dist.sum()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_trains_as_the_conv_it_replaces(bias):
+    torch.manual_seed(3)
+    pointwise = PointwiseConv2d(6, 5, bias=bias).train()
+    conv = torch.nn.Conv2d(6, 5, 1, bias=bias)
+    conv.load_state_dict(pointwise.state_dict())  # the same keys and shapes
+    x = torch.randn(2, 6, 7, 9).to(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = pointwise(a), conv(b)
+    grad = torch.randn_like(yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert ya.shape == yb.shape == (2, 5, 7, 9) and ya.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    assert torch.allclose(pointwise.weight.grad, conv.weight.grad, atol=1e-4)
+    if bias:
+        assert torch.allclose(pointwise.bias.grad, conv.bias.grad, atol=1e-4)
+    with torch.no_grad():  # NCHW input and evaluation take the conv itself
+        assert torch.allclose(pointwise(x.contiguous()), yb, atol=1e-5)
+        assert torch.allclose(pointwise.eval()(x), yb, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
+def test_every_unit_kernel_conv_is_pointwise_and_trains_as_the_conv(name, monkeypatch):
+    torch.manual_seed(4)
+    model = build_model(name, num_classes=3).train().to(memory_format=torch.channels_last)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    unit = [m for m in convs if m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1]
+    assert unit and all(isinstance(m, PointwiseConv2d) for m in unit)
+    assert not any(isinstance(m, PointwiseConv2d) for m in set(convs) - set(unit))
+    x = torch.rand(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    as_gemm = model(x)
+    monkeypatch.setattr(PointwiseConv2d, "forward", torch.nn.Conv2d.forward)
+    as_conv = model(x)
+    assert torch.allclose(as_gemm.cls_logits, as_conv.cls_logits, atol=1e-4)
+    assert torch.allclose(as_gemm.box_dist, as_conv.box_dist, atol=1e-4)
 
 
 def test_bias_init():
