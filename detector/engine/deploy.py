@@ -58,7 +58,13 @@ def deploy_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
     ``int8_ap``, ``data`` as documented there; the others as for ONNX)."""
     from detector.export.openvino import check_output_folder, model_folder
 
+    from detector.export.quantize import PRESETS, CalibrationError, check_preset
+
     fmt, int8 = str(cfg.get("format", "onnx")), bool(cfg.get("int8", False))
+    try:
+        preset = check_preset(str(cfg.get("int8_preset", PRESETS[0])))
+    except CalibrationError as error:
+        raise ExportError(str(error)) from None
     check_format(fmt, int8)
     imgsz = int(cfg.imgsz or train_cfg.get("imgsz", 640))
     if fmt == "openvino":
@@ -74,7 +80,8 @@ def deploy_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
     return deploy_and_check(model, output, fmt=fmt, stem=stem, imgsz=imgsz, dynamic=cfg.dynamic, nms=cfg.nms,
                             conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, opset=cfg.opset, image=cfg.image,
                             tolerance=cfg.tolerance, latency_runs=cfg.latency_runs,
-                            layout=cfg.get("layout", "ours"), calibration=calibration, evaluate=evaluate)
+                            layout=cfg.get("layout", "ours"), calibration=calibration, evaluate=evaluate,
+                            int8_preset=preset)
 
 
 def calibration_from_config(cfg: DictConfig, model, train_cfg: dict, imgsz: int, data_given: bool):
@@ -128,10 +135,11 @@ def deploy_and_check(model, output: str | os.PathLike, *, fmt: str = "openvino",
                      imgsz: int = 640, dynamic: bool = False, nms: bool = False, conf: float = 0.25,
                      iou: float = 0.7, max_det: int = 100, opset: int = 17, image: str | os.PathLike | None = None,
                      tolerance: float = 1e-3, latency_runs: int = 20, layout: str = "ours", calibration=None,
-                     evaluate=None) -> DeployReport:
+                     evaluate=None, int8_preset: str = "performance") -> DeployReport:
     """Write ``model`` in ``fmt`` (INT8 when ``calibration``, a CalibrationSet, is given) to
     ``output`` (a folder for OpenVINO, a file for ONNX) and check it (module docstring).
-    ``evaluate(session, name) -> metrics``, with int8, scores the float and the INT8 model.
+    ``evaluate(session, name) -> metrics``, with int8, scores the float and the INT8 model;
+    ``int8_preset`` is NNCF's preset for OpenVINO (detector.export.quantize).
     Raises ExportError with a message for the user."""
     import onnx
 
@@ -152,6 +160,8 @@ def deploy_and_check(model, output: str | os.PathLike, *, fmt: str = "openvino",
         extra = {"precision": "int8" if int8 else "fp32", **({"calib_images": str(len(calibration))} if int8 else {})}
         if fmt == "openvino":
             extra["format"] = openvino.FORMAT
+            if int8:
+                extra["int8_preset"] = int8_preset
         metadata = add_metadata(metadata, extra)
         if fmt == "openvino":
             ov_model = openvino.convert_onnx(onnx_path)
@@ -160,8 +170,9 @@ def deploy_and_check(model, output: str | os.PathLike, *, fmt: str = "openvino",
                 openvino.set_metadata(ov_model, add_metadata(metadata, {"precision": "fp32", "calib_images": "0"}))
                 float_session = openvino.OpenVinoDetector(model=ov_model)
             if int8:
-                log.info("quantizing with NNCF on %d images (the box decoding stays float)", len(calibration))
-                ov_model = quantize.quantize_openvino(ov_model, calibration)
+                log.info("quantizing with NNCF (preset %s) on %d images (the box decoding stays float)",
+                         int8_preset, len(calibration))
+                ov_model = quantize.quantize_openvino(ov_model, calibration, int8_preset)
             path = openvino.save_model(ov_model, output, stem, metadata, ultralytics=layout == "ultralytics")
             session = openvino.OpenVinoDetector(path)
             size = openvino.folder_size(path)

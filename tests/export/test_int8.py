@@ -118,6 +118,36 @@ def test_the_box_decoding_stays_float(report):
     assert names["/Softmax"] == "Softmax" and names["predictions"] == "Concat"
 
 
+def activation_ranges(xml) -> list[tuple[float, float, int]]:
+    """(input low, input high, levels) of every FakeQuantize on an activation (not on a weight)."""
+    import openvino as ov
+
+    ranges = []
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
+            ranges.append((float(low.min()), float(high.max()), int(op.get_attributes()["levels"])))
+    return ranges
+
+
+def is_symmetric(low: float, high: float, levels: int) -> bool:
+    """Unsigned from zero, or signed with low = -high * 128 / 127 (256 levels), as NNCF writes them."""
+    return low == 0 or abs(-low / high - (levels / 2) / (levels / 2 - 1)) < 1e-3
+
+
+def test_the_default_preset_is_symmetric_and_mixed_is_asymmetric(model, report, root, train_images):
+    ranges = activation_ranges(report.path)
+    assert len(ranges) > 50 and all(is_symmetric(*r) for r in ranges)  # performance: the default
+    assert read_metadata(report.path.parent)["int8_preset"] == "performance"
+    dataset, images = train_images
+    mixed = deploy_and_check(model, root / "mixed_openvino_model", fmt="openvino", stem="mixed", imgsz=64,
+                             latency_runs=0, calibration=CalibrationSet(dataset, 64, 4).check(), int8_preset="mixed")
+    ranges = activation_ranges(mixed.path)
+    assert sum(not is_symmetric(*r) for r in ranges) > len(ranges) // 2  # SiLU's outputs: low near -0.28, not -high
+    assert read_metadata(mixed.path.parent)["int8_preset"] == "mixed"
+    assert_close_ish(model, OpenVinoDetector(mixed.path), images)
+
+
 def test_int8_outputs_are_close_to_the_float_model(model, report, train_images):
     assert_close_ish(model, OpenVinoDetector(report.path), train_images[1])
 

@@ -182,3 +182,14 @@ def test_a_file_of_another_layout_is_refused(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(OnnxLayoutError, match="cannot load"):
         OnnxDetector(tmp_path / "junk.onnx")
+
+
+def test_an_unknown_int8_preset_is_named_before_anything_is_written(tmp_path):
+    from omegaconf import OmegaConf
+
+    from detector.engine.deploy import ExportError, deploy_from_config
+
+    cfg = OmegaConf.create({"format": "openvino", "int8": True, "int8_preset": "fast", "output": None})
+    with pytest.raises(ExportError, match="^int8_preset=fast is not a quantization preset; choose performance or mixed$"):
+        deploy_from_config(cfg, None, {}, tmp_path, "best")  # refused before openvino is even looked for
+    assert not list(tmp_path.iterdir())
