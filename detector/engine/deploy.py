@@ -135,7 +135,7 @@ def deploy_and_check(model, output: str | os.PathLike, *, fmt: str = "openvino",
                      imgsz: int = 640, dynamic: bool = False, nms: bool = False, conf: float = 0.25,
                      iou: float = 0.7, max_det: int = 100, opset: int = 17, image: str | os.PathLike | None = None,
                      tolerance: float = 1e-3, latency_runs: int = 20, layout: str = "ours", calibration=None,
-                     evaluate=None, int8_preset: str = "performance") -> DeployReport:
+                     evaluate=None, int8_preset: str = "mixed") -> DeployReport:
     """Write ``model`` in ``fmt`` (INT8 when ``calibration``, a CalibrationSet, is given) to
     ``output`` (a folder for OpenVINO, a file for ONNX) and check it (module docstring).
     ``evaluate(session, name) -> metrics``, with int8, scores the float and the INT8 model;

@@ -1,9 +1,9 @@
 """Post-training INT8 quantization of an exported graph, calibrated on letterboxed training images.
 
 OpenVINO: ``nncf.quantize`` (fast bias correction) on the IR converted from our ONNX graph, with
-the preset ``int8_preset`` names: ``performance`` (the default: symmetric weights and activations)
-or ``mixed`` (asymmetric activations, which fit SiLU's negative tail more finely; on an AVX-512 /
-AMX CPU its YOLO11n ran at 0.6x of FP32 against 0.5x). ONNX: onnxruntime's ``quantize_static``
+the preset ``int8_preset`` names: ``mixed`` (the default: symmetric weights, asymmetric activations,
+which fit SiLU's negative tail finely) or ``performance`` (symmetric activations too: faster on an
+AVX-512 / AMX CPU, and on some models more than 0.01 AP lower; docs/deployment.md). ONNX: onnxruntime's ``quantize_static``
 (QDQ, per-channel weights, unsigned asymmetric activations, MinMax calibration) on the ONNX file;
 its symmetric signed activations ran 2.6x slower than float there, so ONNX has no preset.
 
@@ -35,7 +35,7 @@ log = logging.getLogger("detector")
 # nodes matching this stay float: all but the backbone, the neck and the head's conv branches
 FLOAT_PATTERN = r"^(?!/backbone/|/neck/|/head/(box|cls)_branches\.).*"
 DEFAULT_SEED = 0
-PRESETS = ("performance", "mixed")  # NNCF's QuantizationPreset, by its lower-case name
+PRESETS = ("mixed", "performance")  # NNCF's QuantizationPreset, by its lower-case name; the first is the default
 
 
 class CalibrationError(ValueError):
