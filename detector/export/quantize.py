@@ -3,9 +3,10 @@
 OpenVINO: ``nncf.quantize`` (fast bias correction) on the IR converted from our ONNX graph, with
 the preset ``int8_preset`` names: ``mixed`` (the default: symmetric weights, asymmetric activations,
 which fit SiLU's negative tail finely) or ``performance`` (symmetric activations too: faster on an
-AVX-512 / AMX CPU, and on some models more than 0.01 AP lower; docs/deployment.md). ONNX: onnxruntime's ``quantize_static``
-(QDQ, per-channel weights, unsigned asymmetric activations, MinMax calibration) on the ONNX file;
-its symmetric signed activations ran 2.6x slower than float there, so ONNX has no preset.
+AVX-512 / AMX CPU, and on some models more than 0.01 AP lower; docs/deployment.md). ONNX:
+onnxruntime's ``quantize_static`` (QDQ, per-channel weights, unsigned asymmetric activations,
+MinMax calibration) on the ONNX file; its symmetric signed activations ran 2.6x slower than float
+there, so ONNX has no preset.
 
 What stays float (``FLOAT_PATTERN``): every node outside the convolution stacks, i.e. the box
 decoding, not just the DFL softmax and its expectation: the anchors, dist2bbox, the concatenations

@@ -190,6 +190,7 @@ def test_an_unknown_int8_preset_is_named_before_anything_is_written(tmp_path):
     from detector.engine.deploy import ExportError, deploy_from_config
 
     cfg = OmegaConf.create({"format": "openvino", "int8": True, "int8_preset": "fast", "output": None})
-    with pytest.raises(ExportError, match="^int8_preset=fast is not a quantization preset; choose mixed or performance$"):
+    message = "^int8_preset=fast is not a quantization preset; choose mixed or performance$"
+    with pytest.raises(ExportError, match=message):
         deploy_from_config(cfg, None, {}, tmp_path, "best")  # refused before openvino is even looked for
     assert not list(tmp_path.iterdir())
