@@ -57,12 +57,12 @@ def deploy_from_config(cfg: DictConfig, model, train_cfg: dict, run_dir: str | o
     """configs/export.yaml's keys -> ``deploy_and_check`` (``format``, ``int8``, ``calib_images``,
     ``int8_ap``, ``data`` as documented there; the others as for ONNX)."""
     from detector.export.openvino import check_output_folder, model_folder
-    from detector.export.quantize import PRESETS, CalibrationError, check_preset
+    from detector.export.quantize import PRESETS, check_preset
 
     fmt, int8 = str(cfg.get("format", "onnx")), bool(cfg.get("int8", False))
     try:
         preset = check_preset(str(cfg.get("int8_preset", PRESETS[0])))
-    except CalibrationError as error:
+    except ValueError as error:
         raise ExportError(str(error)) from None
     check_format(fmt, int8)
     imgsz = int(cfg.imgsz or train_cfg.get("imgsz", 640))

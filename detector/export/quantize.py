@@ -107,9 +107,9 @@ def float_node_names(names) -> list[str]:
 
 
 def check_preset(preset: str) -> str:
-    """``preset`` if it is one of PRESETS; CalibrationError naming the option otherwise."""
+    """``preset`` if it is one of PRESETS; ValueError naming the option otherwise."""
     if preset not in PRESETS:
-        raise CalibrationError(f"int8_preset={preset} is not a quantization preset; choose {' or '.join(PRESETS)}")
+        raise ValueError(f"int8_preset={preset} is not a quantization preset; choose {' or '.join(PRESETS)}")
     return preset
 
 
