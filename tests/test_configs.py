@@ -110,7 +110,7 @@ def test_default_recipe_is_yolov8s_auto_recipe():
     assert cfg.warmup.bias_lr == "auto" and auto_warmup_bias_lr(optimizer) == 0.0
     sgd = build.build_optimizer(compose_train(["optim=sgd"]), model, 6, 5e-4)
     assert sgd.param_groups[0]["lr"] == 0.01 and auto_warmup_bias_lr(sgd) == 0.1
-    assert cfg.close_mosaic == 10 and cfg.warmup.epochs == 3.0 and cfg.warmup.min_iters == 0
+    assert cfg.close_mosaic == 10 and cfg.warmup.epochs == "auto" and cfg.warmup.min_iters == 0
     assert warmup_iterations(3.0, 0, epochs=30, batches=32) == 96
     assert warmup_iterations(3.0, 0, epochs=2, batches=32) == 32  # at most epochs - 1
     assert warmup_iterations(3.0, 0, epochs=1, batches=32) == 0

@@ -54,18 +54,40 @@ def resolve_nbs(nbs: int | str, batch_size: int, pretrained: bool, finetune_nbs:
     return int(batch_size)
 
 
+WARMUP_EPOCHS = 3.0  # YOLOv8's warmup_epochs: the warm-up of a run from scratch
+
+
+def resolve_warmup_epochs(warmup_epochs: float | str, epochs: int, pretrained: bool,
+                          finetune_warmup_epochs: float | str = "auto") -> float:
+    """The warm-up length of a run in epochs: ``warmup_epochs`` itself, or for ``auto`` WARMUP_EPOCHS from
+    scratch and ``finetune_warmup_epochs`` from weights (its ``auto``: a fifth of the run, at least
+    WARMUP_EPOCHS; with the lr scale of ``resolve_lr`` the lr climbs at the same rate for longer)."""
+    if warmup_epochs != "auto":
+        return float(warmup_epochs)
+    if not pretrained:
+        return WARMUP_EPOCHS
+    if finetune_warmup_epochs != "auto":
+        return float(finetune_warmup_epochs)
+    return max(WARMUP_EPOCHS, epochs / 5)
+
+
 def resolve_lr(lr: float | str, num_classes: int, pretrained: bool, finetune_lr_scale: float | str = "auto",
-               nbs: int = YOLOV8_NBS) -> float:
+               nbs: int = YOLOV8_NBS, warmup_epochs: float = WARMUP_EPOCHS) -> float:
     """The initial lr of a run: ``lr`` itself, or for ``auto`` ``auto_lr(num_classes)``, times
     ``finetune_lr_scale`` when starting from weights (rounded to 6 decimals, as ``auto_lr``). Its ``auto``
-    is min(1, nbs / 64): a step every ``nbs`` images at that fraction of the lr moves the weights as far
-    as YOLOv8's steps every 64 images do, in smaller steps (a step per batch at the full lr collapsed a
-    pretrained model; a quarter of it at batch 16 did not, and ended higher: docs/recipe.md)."""
+    is min(1, nbs / 64 x max(1, warmup_epochs / 3)). nbs / 64: a step every ``nbs`` images at that
+    fraction of the lr moves the weights as far as YOLOv8's steps every 64 images do, in smaller steps (a
+    step per batch at the full lr collapsed a pretrained model; a quarter of it at batch 16 did not).
+    warmup_epochs / 3: a longer warm-up climbs at that same rate to a higher peak, so that a long run
+    is not held at the short run's lr (docs/recipe.md)."""
     if lr != "auto":
         return float(lr)
     if not pretrained:
         return auto_lr(num_classes)
-    scale = min(1.0, nbs / YOLOV8_NBS) if finetune_lr_scale == "auto" else float(finetune_lr_scale)
+    if finetune_lr_scale == "auto":
+        scale = min(1.0, nbs / YOLOV8_NBS * max(1.0, warmup_epochs / WARMUP_EPOCHS))
+    else:
+        scale = float(finetune_lr_scale)
     return round(auto_lr(num_classes) * scale, 6)
 
 

@@ -133,7 +133,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, rank: int, worl
 
     splits = instantiate(cfg.data)
     num_classes = len(splits.names)
-    resolved = build.resolve_recipe(cfg, num_classes)  # nbs, optim.lr, warmup.momentum: auto -> values
+    resolved = build.resolve_recipe(cfg, num_classes)  # nbs, warmup.epochs, optim.lr, warmup.momentum: auto
     if cfg.get("pretrained") and not cfg.resume and rank == 0:
         log.info("starting from weights: %s (finetune.*; a value given on the command line is kept)",
                  ", ".join(f"{k} {'none' if v is None else f'{v:g}'}" for k, v in resolved.items()))

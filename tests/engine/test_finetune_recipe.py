@@ -13,7 +13,7 @@ from detector.engine import build
 import torch
 
 from detector.engine.optim import (LinearSchedule, apply_schedule, build_optimizer, resolve_lr, resolve_nbs,
-                                   resolve_warmup_momentum)
+                                   resolve_warmup_epochs, resolve_warmup_momentum)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -29,43 +29,69 @@ def resolved(overrides, num_classes=1):
 
 def test_from_scratch_keeps_a_step_per_batch_at_the_auto_lr():
     cfg, values, accumulate, weight_decay = resolved([])
-    assert values == {"nbs": 16, "optim.lr": 0.002, "warmup.momentum": 0.8}
+    assert values == {"nbs": 16, "warmup.epochs": 3.0, "optim.lr": 0.002, "warmup.momentum": 0.8}
     assert cfg.nbs == 16 and cfg.optim.lr == 0.002 and accumulate == 1 and weight_decay == pytest.approx(0.0005)
     assert resolved(["batch_size=8"])[1]["nbs"] == 8
     assert resolved([], num_classes=80)[1]["optim.lr"] == 0.000119
-    assert cfg.warmup.epochs == 3.0 and cfg.warmup.momentum == 0.8 and cfg.ema.tau == 2000
+    assert resolved(["epochs=100"])[1]["warmup.epochs"] == 3.0  # from scratch: YOLOv8's, at any budget
+    assert cfg.warmup.epochs == 3.0 and cfg.warmup.momentum == 0.8 and cfg.ema.tau == 2000  # written back
 
 
 def test_from_weights_steps_every_batch_at_the_lr_share_of_64():
     cfg, values, accumulate, weight_decay = resolved(["pretrained=start.pt"])
     assert cfg.finetune.nbs == "auto" and cfg.finetune.lr_scale == "auto"
     # batch 16 of YOLOv8's 64: a step per batch at a quarter of the lr (0.002 x 16 / 64), no beta1 warmup
-    assert values == {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": None}
+    assert values == {"nbs": 16, "warmup.epochs": 3.0, "optim.lr": 0.0005, "warmup.momentum": None}
     assert accumulate == 1 and weight_decay == pytest.approx(0.0005)  # 0.0005 x 16 x 1 / 16; AdamW scales it by lr
     assert resolved(["pretrained=start.pt", "batch_size=8"])[1]["optim.lr"] == 0.00025
     assert resolved(["pretrained=start.pt", "batch_size=128"])[1] == \
-        {"nbs": 128, "optim.lr": 0.002, "warmup.momentum": None}  # at least YOLOv8's 64: the full lr
+        {"nbs": 128, "warmup.epochs": 3.0, "optim.lr": 0.002, "warmup.momentum": None}  # >= YOLOv8's 64: the full lr
     assert resolved(["pretrained=start.pt"], num_classes=80)[1]["optim.lr"] == 0.00003  # 0.000119 / 4, 6 decimals
 
 
+def test_a_long_run_from_weights_warms_up_longer_at_the_same_rate():
+    """From weights the warm-up is a fifth of the run (at least 3 epochs) and the lr scale grows with it, so
+    the lr climbs at a 3-epoch warm-up's rate (a quarter of the lr per 3 epochs at batch 16) for longer:
+    up to 15 epochs the recipe is unchanged; 30 epochs warm up for 6 to half the lr; 60 for 12, to the full."""
+    def run(epochs, *extra):
+        values = resolved(["pretrained=start.pt", f"epochs={epochs}", *extra])[1]
+        return values["warmup.epochs"], values["optim.lr"]
+    assert run(3) == (3.0, 0.0005) and run(10) == (3.0, 0.0005) and run(15) == (3.0, 0.0005)
+    assert run(30) == (6.0, 0.001)
+    assert run(60) == (12.0, 0.002) and run(300) == (60.0, 0.002)  # at most the full lr
+    assert run(30, "batch_size=8") == (6.0, 0.0005)  # 8 / 64 x 6 / 3
+    assert run(30, "finetune.lr_scale=0.25") == (6.0, 0.0005)  # a scale given: kept
+    assert run(30, "finetune.warmup_epochs=3") == (3.0, 0.0005)  # the recipe before, for a 30-epoch run
+    assert resolve_warmup_epochs("auto", 30, pretrained=False) == 3.0
+    assert resolve_warmup_epochs("auto", 40, pretrained=True) == 8.0
+    assert resolve_warmup_epochs("auto", 40, pretrained=True, finetune_warmup_epochs=4) == 4.0
+    assert resolve_warmup_epochs(1.5, 40, pretrained=True) == 1.5
+    assert resolve_lr("auto", 6, pretrained=True, nbs=16, warmup_epochs=6.0) == 0.0005  # 0.001 x 16 / 64 x 2
+    assert resolve_lr("auto", 6, pretrained=True, nbs=16, warmup_epochs=1.0) == 0.00025  # never below nbs / 64
+
 def test_finetune_keys_and_explicit_values_win():
-    assert resolved(["pretrained=start.pt", "finetune.nbs=32", "finetune.lr_scale=0.5",
-                     "finetune.warmup_momentum=0.85"])[1] == {"nbs": 32, "optim.lr": 0.001, "warmup.momentum": 0.85}
+    assert resolved(["pretrained=start.pt", "finetune.nbs=32", "finetune.lr_scale=0.5", "finetune.warmup_epochs=2",
+                     "finetune.warmup_momentum=0.85"])[1] == \
+        {"nbs": 32, "warmup.epochs": 2.0, "optim.lr": 0.001, "warmup.momentum": 0.85}
     assert resolved(["pretrained=start.pt", "finetune.nbs=32"])[1]["optim.lr"] == 0.001  # lr_scale auto: 32 / 64
     # YOLOv8's nominal batch given: the full lr, a step every 4 batches (the recipe before this rule)
-    assert resolved(["pretrained=start.pt", "nbs=64"])[1] == {"nbs": 64, "optim.lr": 0.002, "warmup.momentum": None}
-    assert resolved(["pretrained=start.pt", "nbs=16", "optim.lr=0.0005", "warmup.momentum=0.8"])[1] == \
-        {"nbs": 16, "optim.lr": 0.0005, "warmup.momentum": 0.8}
+    assert resolved(["pretrained=start.pt", "nbs=64"])[1] == \
+        {"nbs": 64, "warmup.epochs": 3.0, "optim.lr": 0.002, "warmup.momentum": None}
+    assert resolved(["pretrained=start.pt", "nbs=16", "optim.lr=0.0005", "warmup.momentum=0.8", "epochs=30",
+                     "warmup.epochs=3"])[1] == {"nbs": 16, "warmup.epochs": 3.0, "optim.lr": 0.0005, "warmup.momentum": 0.8}
     assert resolved(["pretrained=start.pt", "optim=sgd"])[1] == \
-        {"nbs": 16, "optim.lr": 0.01, "warmup.momentum": None}  # a number: kept
+        {"nbs": 16, "warmup.epochs": 3.0, "optim.lr": 0.01, "warmup.momentum": None}  # a number: kept
+    # warmup.epochs given: the lr scale follows it (6 epochs: half the lr), the warm-up is the one given
+    assert resolved(["pretrained=start.pt", "warmup.epochs=6"])[1]["optim.lr"] == 0.001
     assert resolved(["warmup.momentum=null"])[1]["warmup.momentum"] is None
     assert resolved(["experiment=yolov8_coco", "data.root=/nonexistent"], num_classes=80)[1] == \
-        {"nbs": 64, "optim.lr": 0.01, "warmup.momentum": 0.8}  # the COCO recipe sets its own nbs from scratch
+        {"nbs": 64, "warmup.epochs": 3.0, "optim.lr": 0.01, "warmup.momentum": 0.8}  # the COCO recipe sets its own nbs from scratch
 
 
 def test_a_resume_keeps_the_scratch_resolution_of_auto():
     # a resumed run's config is its checkpoint's, already resolved; were an auto left, it is not a fresh start
-    assert resolved(["pretrained=start.pt", "resume=last.pt"])[1] == {"nbs": 16, "optim.lr": 0.002, "warmup.momentum": 0.8}
+    assert resolved(["pretrained=start.pt", "resume=last.pt", "epochs=30"])[1] == \
+        {"nbs": 16, "warmup.epochs": 3.0, "optim.lr": 0.002, "warmup.momentum": 0.8}
 
 
 def test_resolvers_by_hand():

@@ -82,7 +82,7 @@ def test_train_from_ultralytics_weights_with_freeze(tmp_path, ul_checkpoint):
     assert "loaded 348, re-initialised 6, skipped 0 tensors (checkpoint has 80 classes, the model 6" in log
     assert "freeze=10: 81 parameter tensors frozen" in log
     # 6 classes: 0.002 x 5 / 10 = 0.001, x 4 / 64 for the nominal batch of 4 (finetune.lr_scale auto)
-    assert "starting from weights: nbs 4, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
+    assert "starting from weights: nbs 4, warmup.epochs 3, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["config"]["nbs"] == 4 and checkpoint["config"]["optim"]["lr"] == 6.3e-05  # what ran, for resume
     assert checkpoint["model_args"]["cls_width"] == 80 and checkpoint["config"]["model"]["cls_width"] == 80
@@ -106,7 +106,7 @@ def test_train_from_weights_runs_the_finetune_recipe(tmp_path, ul_checkpoint):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
     # 6 classes: 0.002 x 5 / 10 = 0.001, x 4 / 64
-    assert "starting from weights: nbs 4, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
+    assert "starting from weights: nbs 4, warmup.epochs 3, optim.lr 6.3e-05, warmup.momentum none (finetune.*" in log
     assert "accumulate 1" in log and "(accumulate 1, nbs 4, lr 6.3e-05): few, from weights" in log
     assert "too few to learn from" not in log
     config = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]
