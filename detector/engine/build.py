@@ -57,8 +57,8 @@ def build_model(cfg: DictConfig, num_classes: int):
 def resolve_recipe(cfg: DictConfig, num_classes: int) -> dict:
     """Write the run's own values over the recipe's ``auto`` ones (``nbs``, ``warmup.epochs``, ``optim.lr``,
     ``warmup.momentum``) in ``cfg``, so that the saved config, the logs and a resume hold what ran. A run
-    that starts from weights (``pretrained=`` set, not a resume) takes ``finetune.*`` for them; a value given on the command
-    line is kept as given. Returns the resolved values by dotted key."""
+    that starts from weights (``pretrained=`` set, not a resume) takes ``finetune.*`` for them; a value
+    given on the command line is kept as given. Returns the resolved values by dotted key."""
     pretrained = bool(cfg.get("pretrained")) and not cfg.get("resume")
     finetune = cfg.get("finetune") or {}
     nbs = optim.resolve_nbs(cfg.nbs, cfg.batch_size, pretrained, finetune.get("nbs", "auto"))
