@@ -17,7 +17,8 @@ max_det 300 (eval.yaml), except the NMS graph, which keeps the baked-in conf 0.2
 of a deployment file (so a lower AP there is the threshold, not the export). Without ``--data`` the
 checkpoint's own data set is used; without a checkpoint an untrained n (80 classes) is timed
 and calibrated on generated shapes pictures, and no AP is given. The "vs" column: INT8 rows
-against the same runtime's float row; ultralytics' rows: ours against theirs, same runtime.
+against the same runtime's float row; ultralytics' rows: ours against theirs, same runtime and the
+same output (our ``layout=ultralytics`` rows, [B, 4 + C, A] cx, cy, w, h as theirs).
 
 When ultralytics is importable, its model of the same name (``YOLO("yolov8n.yaml")`` for a
 yolov8n checkpoint, ``yolo11n.yaml`` for a yolo11n one; random weights, no download) is exported
@@ -42,6 +43,7 @@ from detector.timing import median_ms
 
 log = logging.getLogger("detector")
 CONF, IOU, MAX_DET = 0.25, 0.7, 100  # the NMS graph's baked-in thresholds (export.yaml's defaults)
+ULTRALYTICS_LAYOUT_ONNX, ULTRALYTICS_LAYOUT_OPENVINO = "ONNX layout=ultralytics", "OpenVINO FP32 layout=ultralytics"
 
 
 class GeneratedImages:
@@ -90,13 +92,16 @@ def exports(model, folder: Path, imgsz: int, calibration) -> list[tuple[str, str
             ("OpenVINO FP32", "OpenVINO", "openvino", {}),
             ("OpenVINO INT8", "OpenVINO", "openvino", {"calibration": calibration}),
             ("OpenVINO INT8 performance", "OpenVINO", "openvino",
-             {"calibration": calibration, "int8_preset": "performance"})]
+             {"calibration": calibration, "int8_preset": "performance"}),
+            # the output ultralytics' own exports have ([B, 4 + C, A]): what their rows are timed against
+            (ULTRALYTICS_LAYOUT_ONNX, "onnxruntime", "onnx", {"layout": "ultralytics"}),
+            (ULTRALYTICS_LAYOUT_OPENVINO, "OpenVINO", "openvino", {"layout": "ultralytics"})]
     for n, (name, runtime, fmt, options) in enumerate(plan):
         output = folder / (f"m{n}.onnx" if fmt == "onnx" else f"m{n}_openvino_model")
         if fmt == "onnx" and "calibration" not in options:  # the plain ONNX exporter, as detector export runs it
             from detector.engine.exporting import export_and_check
 
-            report = export_and_check(model, output, nms=options.pop("nms", False), **quiet, **options)
+            report = export_and_check(model, output, **quiet, **options)
         else:
             report = deploy_and_check(model, output, fmt=fmt, stem="model", **quiet, **options)
         session = OpenVinoDetector(report.path) if fmt == "openvino" else OnnxDetector(report.path)
@@ -199,7 +204,7 @@ def run(quick: bool = False, ckpt: str | None = None, data: str | None = None, i
             base = by_name["OpenVINO FP32" if "OpenVINO" in name else "ONNX"]
             row["vs"] = f"{row['ms'] / base['ms']:.2f}x {base['format']}"
         elif name.startswith("ultralytics"):
-            ours_row = by_name["ONNX" if name.endswith("ONNX") else "OpenVINO FP32"]
+            ours_row = by_name[ULTRALYTICS_LAYOUT_ONNX if name.endswith("ONNX") else ULTRALYTICS_LAYOUT_OPENVINO]
             row["vs"] = f"ours {ours_row['ms'] / row['ms']:.2f}x"
     for row in rows:
         theirs_row = row["format"].startswith("ultralytics")

@@ -129,20 +129,24 @@ def bbox2dist(anchor_points: Tensor, bbox: Tensor, reg_max: int) -> Tensor:
     return dist.clamp(min=0, max=reg_max - 1 - 0.01)
 
 
-def distribution_to_distance(box_dist: Tensor) -> Tensor:
-    """Decode the box branch: [..., 4, reg_max] logits -> [..., 4] distances in stride units.
+def distribution_to_distance(box_dist: Tensor, dim: int = -1) -> Tensor:
+    """Decode the box branch: logits with reg_max bins along ``dim`` -> distances in stride units,
+    ``dim`` removed ([..., 4, reg_max] -> [..., 4] by default; [B, 4, reg_max, A] -> [B, 4, A] with
+    dim=2, the channel-first layout of an ultralytics-layout export).
 
     With reg_max > 1 this is the integral of GFL: the expectation of the softmax over bins
     0..reg_max-1. With reg_max == 1 (DFL off) the branch regresses each distance directly; a
     softplus keeps it non-negative so that decoded boxes are never inverted.
     """
-    reg_max = box_dist.shape[-1]
+    reg_max = box_dist.shape[dim]
     if reg_max == 1:
-        return torch.nn.functional.softplus(box_dist[..., 0])
-    bins = torch.arange(reg_max, device=box_dist.device, dtype=box_dist.dtype)
+        return torch.nn.functional.softplus(box_dist.squeeze(dim))
+    shape = [1] * box_dist.dim()
+    shape[dim] = reg_max
+    bins = torch.arange(reg_max, device=box_dist.device, dtype=box_dist.dtype).view(shape)
     # An elementwise product rather than a matmul: autocast runs matmuls in fp16/bf16, which would
     # round a float32 expectation to ~0.03 stride units (about a pixel at stride 32).
-    return (box_dist.softmax(dim=-1) * bins).sum(dim=-1)
+    return (box_dist.softmax(dim=dim) * bins).sum(dim=dim)
 
 
 def decode_boxes(box_dist: Tensor, anchor_points: Tensor, strides: Tensor) -> Tensor:

@@ -185,6 +185,15 @@ def test_distribution_to_distance():
     torch.testing.assert_close(distribution_to_distance(x[..., None]), torch.nn.functional.softplus(x))
 
 
+def test_distribution_to_distance_along_another_dim_equals_the_last():
+    logits = torch.randn(2, 7, 4, 16)  # [B, A, 4, R]
+    channel_first = logits.permute(0, 2, 3, 1)  # [B, 4, R, A], an ultralytics-layout export's order
+    expected = distribution_to_distance(logits).transpose(1, 2)  # [B, 4, A]
+    torch.testing.assert_close(distribution_to_distance(channel_first, dim=2), expected)
+    single = torch.randn(2, 4, 1, 7)  # reg_max 1 (DFL off): softplus of the one bin
+    torch.testing.assert_close(distribution_to_distance(single, dim=2), torch.nn.functional.softplus(single[:, :, 0]))
+
+
 def test_distribution_to_distance_stays_float32_under_autocast():
     logits = torch.randn(2, 50, 4, 16, generator=torch.Generator().manual_seed(3)) * 3
     with torch.autocast("cpu", dtype=torch.bfloat16):

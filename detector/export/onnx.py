@@ -72,12 +72,18 @@ class DecodedDetector(nn.Module):
         super().__init__()
         self.model = model
 
+    def features(self, images: Tensor) -> list[Tensor]:
+        return self.model.neck(self.model.backbone(images))  # 3 maps, strides 8, 16, 32
+
+    def anchors(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """anchor points [A, 2] px and strides [A] of the traced feature shapes (not constants)."""
+        sizes = [(f.shape[2], f.shape[3]) for f in features]
+        return make_anchors(sizes, list(self.model.strides), device=features[0].device, dtype=features[0].dtype)
+
     def forward(self, images: Tensor) -> Tensor:
-        features = self.model.neck(self.model.backbone(images))  # 3 maps, strides 8, 16, 32
+        features = self.features(images)
+        anchor_points, strides = self.anchors(features)
         out = self.model.head(features)
-        sizes = [(f.shape[2], f.shape[3]) for f in features]  # traced, not constants
-        anchor_points, strides = make_anchors(sizes, list(self.model.strides), device=images.device,
-                                              dtype=images.dtype)  # [A, 2] px, [A]
         return DetectionModel.decode(out._replace(anchor_points=anchor_points, strides=strides))  # [B, A, 4 + C]
 
 

@@ -19,6 +19,7 @@ here raise ``MissingExtraError`` naming the extra.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -53,6 +54,14 @@ def require(module: str, what: str = "format=openvino"):
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(f'{what} needs the {module} package: pip install "detector[openvino]"') from None
+
+
+@functools.cache
+def shared_core():
+    """The process's one ``openvino.Core``: a second Core queried in one process can crash it later
+    (ultralytics met it after ~20 model loads and shares one Core since); every read and compile here
+    goes through this one."""
+    return require("openvino").Core()
 
 
 def model_folder(output: str | os.PathLike | None, run_dir: str | os.PathLike, stem: str) -> Path:
@@ -179,8 +188,7 @@ def is_model_folder(folder: Path) -> bool:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of a saved model (folder or .xml), decoded as ``detector.export.onnx.read_metadata``'s."""
-    ov = require("openvino")
-    return decode_model_metadata(ov.Core().read_model(str(find_xml(path))))
+    return decode_model_metadata(shared_core().read_model(str(find_xml(path))))
 
 
 def decode_model_metadata(model) -> dict:
@@ -205,8 +213,7 @@ class OpenVinoDetector:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, model=None):
-        ov = require("openvino")
-        core = ov.Core()
+        core = shared_core()
         if model is None:
             xml = find_xml(path)
             try:

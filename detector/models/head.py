@@ -91,13 +91,20 @@ class DecoupledHead(nn.Module):
             box[-1].bias.fill_(1.0)
             cls[-1].bias.fill_(math.log(5 / self.num_classes / (640 / stride) ** 2))
 
+    def branch_maps(self, features: tuple[Tensor, ...]) -> list[tuple[Tensor, Tensor]]:
+        """Per level, the branches' raw maps: box [B, 4 * reg_max, H, W] (4 sides major, bins minor)
+        and class logits [B, C, H, W]."""
+        return [(box(x), cls(x)) for x, box, cls in zip(features, self.box_branches, self.cls_branches)]
+
     def forward(self, features: tuple[Tensor, ...]) -> HeadOutput:
         batch = features[0].shape[0]
         box_dist, cls_logits = [], []
-        for x, box, cls in zip(features, self.box_branches, self.cls_branches):
-            # [B, 4R, H, W] -> [B, H*W, 4, R]; [B, C, H, W] -> [B, H*W, C]
-            box_dist.append(box(x).view(batch, 4, self.reg_max, -1).permute(0, 3, 1, 2))
-            cls_logits.append(cls(x).flatten(2).transpose(1, 2))
+        for box, cls in self.branch_maps(features):
+            # [B, 4R, H, W] -> [B, H*W, 4, R]; [B, C, H, W] -> [B, H*W, C]. Channels last first: a view of the
+            # NHWC maps of training (channels_last) and of OpenVINO's INT8 convolutions, where reshaping
+            # the planar [B, 4R, H*W] first cost a layout reorder of every map (a fifth of a YOLO11n INT8 call)
+            box_dist.append(box.permute(0, 2, 3, 1).reshape(batch, -1, 4, self.reg_max))
+            cls_logits.append(cls.permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes))
         sizes = [(int(x.shape[2]), int(x.shape[3])) for x in features]
         anchor_points, strides = make_anchors(sizes, list(self.strides), device=features[0].device,
                                               dtype=features[0].dtype)

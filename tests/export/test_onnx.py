@@ -156,6 +156,22 @@ def test_checker_metadata_and_declared_shapes(model, raw_file, nms_file):
     assert [i.name for i in raw_graph.input] == ["images"] and [o.name for o in raw_graph.output] == ["predictions"]
 
 
+def test_head_maps_go_channels_last_straight_from_their_convolutions(raw_file):
+    """Each of the six last head convolutions feeds a Transpose to NHWC (then a reshape): no planar
+    reshape first, which cost OpenVINO's INT8 graph a layout reorder of every map."""
+    graph = onnx.load(str(raw_file)).graph
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    head_convs = [n for n in graph.node if n.op_type == "Conv" and "branches" in n.name
+                  and not any(c.op_type == "Mul" or c.op_type == "Sigmoid" for c in consumers.get(n.output[0], []))]
+    assert len(head_convs) == 6  # the box and class branches' last 1x1 of 3 levels (no SiLU after them)
+    for conv in head_convs:
+        (after,) = consumers[conv.output[0]]
+        assert after.op_type == "Transpose" and list(after.attribute[0].ints) == [0, 2, 3, 1], conv.name
+
+
 def test_export_leaves_the_model_untouched(model, tmp_path):
     model.train()
     try:

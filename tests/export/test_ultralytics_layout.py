@@ -75,6 +75,9 @@ def test_raw_layout_and_metadata_are_ultralytics(model, files, image):
     assert args["nms"] is False and args["dynamic"] is False and args["batch"] == 1
     assert {"description", "author", "date", "version", "docs"} <= set(props)
     assert json.loads(props["detector"])["format"] == "detector-onnx-v1"  # ours, beside theirs
+    # decoded channel-first from the head's maps, as ultralytics' graph: no transpose of [B, A, 4 + C], one
+    # of the anchor points ([A, 2] -> [2, A]) only
+    assert [n.op_type for n in proto.graph.node].count("Transpose") == 1
     # the tensor itself: PyTorch's predictions, transposed and as cx, cy, w, h
     raw = OnnxDetector(path).session.run(None, {"images": image["batch"]})[0]  # [1, 7, A]
     with torch.no_grad():

@@ -204,9 +204,11 @@ def test_raw_output_equals_live_ultralytics(tmp_path, ultralytics, scale):
         exact = ultralytics_xyxy(reference.double()(images.double())[0])
         got_exact = ours.double()(images.double())
     assert got.shape == expected.shape == (2, 735, 84)
-    # float32: the nets agree to the last bit up to the box decode, whose sums run in another order (1 ulp,
-    # 6e-5 px at 256-512 px; ultralytics' own float32 is 100x further than that from its float64)
-    assert (got - expected).abs().max() < 1e-4 and (got - expected)[..., 4:].abs().max() < 1e-6
+    # float32: the nets agree to the last bit up to the box decode, whose sums run in another order: a few
+    # ulps of the largest coordinate (6e-5 px per ulp at 256-512 px; on one thread 1.0e-4 was seen);
+    # ultralytics' own float32 is 100x further than that from its float64
+    ulp = torch.finfo(torch.float32).eps * expected[..., :4].abs().max()
+    assert (got - expected)[..., :4].abs().max() <= 8 * ulp and (got - expected)[..., 4:].abs().max() < 1e-6
     assert (got_exact - exact).abs().max() < 1e-9
     assert expected[..., 4:].std() > 1e-2
 
