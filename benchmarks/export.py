@@ -1,6 +1,7 @@
 """One table of export formats, as ultralytics' ``yolo benchmark``: for PyTorch, ONNX, ONNX+NMS,
 ONNX INT8 (onnxruntime), OpenVINO FP32 and OpenVINO INT8 (NNCF; the default preset ``mixed``, and
-``performance`` as "OpenVINO INT8 performance") the size on disk, the CPU latency
+``performance`` as "OpenVINO INT8 performance"), and ONNX and OpenVINO FP32 in ``layout=ultralytics``
+(the rows ultralytics' own exports are timed against) the size on disk, the CPU latency
 at batch 1 and the AP of the exported model on a val set, by ``detector val``'s evaluator.
 
     detector bench export                                       # untrained n at 640: latency and size

@@ -55,6 +55,10 @@ def resolve_nbs(nbs: int | str, batch_size: int, pretrained: bool, finetune_nbs:
 
 
 WARMUP_EPOCHS = 3.0  # YOLOv8's warmup_epochs: the warm-up of a run from scratch
+# From weights, the most a longer warm-up raises the lr above nbs / 64 of it: twice (30 epochs at batch 16: half the
+# lr) ended level with or ahead of ultralytics; four times (60 epochs: the full lr, a step per batch) broke a YOLO11n
+# start in its 14th epoch (AP 0.33 -> 0.01), as the full lr at a step per batch did at 3 epochs (docs/recipe.md)
+FINETUNE_MAX_LR_GAIN = 2.0
 
 
 def resolve_warmup_epochs(warmup_epochs: float | str, epochs: int, pretrained: bool,
@@ -75,17 +79,19 @@ def resolve_lr(lr: float | str, num_classes: int, pretrained: bool, finetune_lr_
                nbs: int = YOLOV8_NBS, warmup_epochs: float = WARMUP_EPOCHS) -> float:
     """The initial lr of a run: ``lr`` itself, or for ``auto`` ``auto_lr(num_classes)``, times
     ``finetune_lr_scale`` when starting from weights (rounded to 6 decimals, as ``auto_lr``). Its ``auto``
-    is min(1, nbs / 64 x max(1, warmup_epochs / 3)). nbs / 64: a step every ``nbs`` images at that
+    is min(1, nbs / 64 x min(2, max(1, warmup_epochs / 3))). nbs / 64: a step every ``nbs`` images at that
     fraction of the lr moves the weights as far as YOLOv8's steps every 64 images do, in smaller steps (a
     step per batch at the full lr collapsed a pretrained model; a quarter of it at batch 16 did not).
     warmup_epochs / 3: a longer warm-up climbs at that same rate to a higher peak, so that a long run
-    is not held at the short run's lr (docs/recipe.md)."""
+    is not held at the short run's lr; at most twice (FINETUNE_MAX_LR_GAIN), beyond which it climbs
+    more slowly to that peak (docs/recipe.md)."""
     if lr != "auto":
         return float(lr)
     if not pretrained:
         return auto_lr(num_classes)
     if finetune_lr_scale == "auto":
-        scale = min(1.0, nbs / YOLOV8_NBS * max(1.0, warmup_epochs / WARMUP_EPOCHS))
+        gain = min(FINETUNE_MAX_LR_GAIN, max(1.0, warmup_epochs / WARMUP_EPOCHS))
+        scale = min(1.0, nbs / YOLOV8_NBS * gain)
     else:
         scale = float(finetune_lr_scale)
     return round(auto_lr(num_classes) * scale, 6)

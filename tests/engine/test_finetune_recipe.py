@@ -52,13 +52,16 @@ def test_from_weights_steps_every_batch_at_the_lr_share_of_64():
 def test_a_long_run_from_weights_warms_up_longer_at_the_same_rate():
     """From weights the warm-up is a fifth of the run (at least 3 epochs) and the lr scale grows with it, so
     the lr climbs at a 3-epoch warm-up's rate (a quarter of the lr per 3 epochs at batch 16) for longer:
-    up to 15 epochs the recipe is unchanged; 30 epochs warm up for 6 to half the lr; 60 for 12, to the full."""
+    up to 15 epochs the recipe is unchanged; 30 epochs warm up for 6 to half the lr; 60 for 12, to half the lr
+    too (twice nbs / 64 at most: the full lr at a step per batch broke a 60-epoch run)."""
     def run(epochs, *extra):
         values = resolved(["pretrained=start.pt", f"epochs={epochs}", *extra])[1]
         return values["warmup.epochs"], values["optim.lr"]
     assert run(3) == (3.0, 0.0005) and run(10) == (3.0, 0.0005) and run(15) == (3.0, 0.0005)
     assert run(30) == (6.0, 0.001)
-    assert run(60) == (12.0, 0.002) and run(300) == (60.0, 0.002)  # at most the full lr
+    assert run(60) == (12.0, 0.001) and run(300) == (60.0, 0.001)  # at most twice 16 / 64
+    assert run(60, "batch_size=32") == (12.0, 0.002) and run(60, "batch_size=64") == (12.0, 0.002)  # never above the lr
+    assert run(20) == (4.0, 0.000667)  # 0.002 x 16 / 64 x 4 / 3, 6 decimals
     assert run(30, "batch_size=8") == (6.0, 0.0005)  # 8 / 64 x 6 / 3
     assert run(30, "finetune.lr_scale=0.25") == (6.0, 0.0005)  # a scale given: kept
     assert run(30, "finetune.warmup_epochs=3") == (3.0, 0.0005)  # the recipe before, for a 30-epoch run
