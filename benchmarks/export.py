@@ -119,9 +119,7 @@ def ultralytics_exports(folder: Path, imgsz: int, name: str) -> list[tuple[str, 
         return []
     import onnxruntime as ort
 
-    from detector.export.openvino import require
-
-    ov = require("openvino")
+    from detector.export.openvino import shared_core
     cwd = os.getcwd()
     os.chdir(folder)  # its exporter writes next to the model's name, in the working folder
     try:
@@ -133,8 +131,8 @@ def ultralytics_exports(folder: Path, imgsz: int, name: str) -> list[tuple[str, 
     onnx_path, ov_folder = folder / onnx_path.name, folder / ov_folder.name
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     xml = next(ov_folder.glob("*.xml"))
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = shared_core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     return [(f"ultralytics {name} ONNX", "onnxruntime", lambda x: session.run(None, {"images": x}), onnx_path),
             (f"ultralytics {name} OpenVINO", "OpenVINO", lambda x: request.infer([x]), xml)]

@@ -56,12 +56,17 @@ def require(module: str, what: str = "format=openvino"):
         raise MissingExtraError(f'{what} needs the {module} package: pip install "detector[openvino]"') from None
 
 
-@functools.cache
 def shared_core():
-    """The process's one ``openvino.Core``: a second Core queried in one process can crash it later
-    (ultralytics met it after ~20 model loads and shares one Core since); every read and compile here
-    goes through this one."""
-    return require("openvino").Core()
+    """The process's one ``openvino.Core`` (MissingExtraError without openvino). A Core per model
+    crashed long-lived processes later, in unrelated code (this project's test suite: a segmentation
+    fault after the OpenVINO tests; ultralytics met it after ~20 model loads): every read and compile
+    here goes through this one."""
+    return _core(require("openvino"))
+
+
+@functools.cache
+def _core(ov):
+    return ov.Core()
 
 
 def model_folder(output: str | os.PathLike | None, run_dir: str | os.PathLike, stem: str) -> Path:

@@ -20,7 +20,7 @@ from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 from detector.engine.compose import run_task  # noqa: E402
 from detector.engine.deploy import deploy_and_check  # noqa: E402
 from detector.export.onnx import OnnxDetector  # noqa: E402
-from detector.export.openvino import MissingExtraError, OpenVinoDetector, read_metadata  # noqa: E402
+from detector.export.openvino import MissingExtraError, OpenVinoDetector, read_metadata, shared_core  # noqa: E402
 from detector.export.quantize import FLOAT_PATTERN, CalibrationError, CalibrationSet, calibration_count  # noqa: E402
 from tests.cli_runner import run_cli  # noqa: E402
 
@@ -106,9 +106,7 @@ def test_the_report_holds_ap_before_and_after_and_both_latencies(report, root):
 
 
 def test_the_box_decoding_stays_float(report):
-    import openvino as ov
-
-    ops = ov.Core().read_model(str(report.path)).get_ordered_ops()
+    ops = shared_core().read_model(str(report.path)).get_ordered_ops()
     quantized = [op for op in ops if op.get_type_name() == "FakeQuantize"]
     assert len(quantized) > 50  # the convolutions are quantized ...
     fed = {target.get_node().get_friendly_name() for op in quantized for target in op.output(0).get_target_inputs()}
@@ -120,10 +118,8 @@ def test_the_box_decoding_stays_float(report):
 
 def activation_ranges(xml) -> list[tuple[float, float, int]]:
     """(input low, input high, levels) of every FakeQuantize on an activation (not on a weight)."""
-    import openvino as ov
-
     ranges = []
-    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+    for op in shared_core().read_model(str(xml)).get_ordered_ops():
         if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
             low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
             ranges.append((float(low.min()), float(high.max()), int(op.get_attributes()["levels"])))
