@@ -11,10 +11,11 @@ from detector import build_model
 torch.set_num_threads(1)
 
 # The tests marked ``openvino`` (the OpenVINO and INT8 export tests) run in a pytest process of their own when a
-# session selects other tests too: after them, the same process crashed later, in unrelated tests (a segmentation
-# fault in CPython's eval loop, corrupted objects; seen with openvino 2026.4.1 beside torch 2.14, not found in our
-# code). tests/export/test_openvino_process.py runs them there (a session of only those tests, so they stay in it)
-# and fails with their output if any fails.
+# session selects other tests too. With an openvino.Core per model, the process crashed later, in unrelated tests
+# (a segmentation fault; openvino 2026.4.1 beside torch 2.14); with the one Core of
+# detector.export.openvino.shared_core the whole suite ran through in one process, twice. They still run apart
+# because NNCF's calibration makes Cores of its own. tests/export/test_openvino_process.py runs them there (a
+# session of only those tests, so they stay in it) and fails with their output if any fails.
 OPENVINO_RUNNER = "test_openvino_process.py::test_the_openvino_tests_pass_in_a_process_of_their_own"
 OPENVINO_ITEMS = pytest.StashKey[list]()
 
