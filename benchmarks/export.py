@@ -120,6 +120,7 @@ def ultralytics_exports(folder: Path, imgsz: int, name: str) -> list[tuple[str, 
     import onnxruntime as ort
 
     from detector.export.openvino import shared_core
+
     cwd = os.getcwd()
     os.chdir(folder)  # its exporter writes next to the model's name, in the working folder
     try:
